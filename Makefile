@@ -1,0 +1,31 @@
+# Two commands for a new user (see README): `make demo` and `make test`.
+# The virtual environment is built once and reused; delete .venv to start over.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# On a machine with an NVIDIA driver take the default (CUDA) torch build;
+# elsewhere pin the CPU release that this workplace ships as a local wheel.
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.3' || echo 'torch==2.13.0')
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/innet run scenarios/default.toml --out runs/default
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/aggregators.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,75 @@
+"""The contract every aggregation rule follows.
+
+A rule is an object built with its hyper-parameters and called on the stack of
+worker vectors ``G`` of shape (p, n) (CPU or CUDA, float32 or float64); it returns
+the aggregate of shape (n,) with the same dtype and device.
+
+Non-finite input is an error: a rule raises :class:`NonFiniteGradientError` naming
+the offending worker rows. The parameter server decides what to do with such a
+worker (it treats it as Byzantine and replaces its row, see ``host.ps``), so the
+maths here never silently propagates NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteGradientError(ValueError):
+    """Raised when some worker rows hold NaN or Inf."""
+
+    def __init__(self, rows: list[int]):
+        self.rows = rows
+        super().__init__(f"non-finite values (NaN/Inf) in worker rows {rows}")
+
+
+class PreconditionError(ValueError):
+    """Raised when a rule's requirement on (p, f) does not hold."""
+
+
+def nonfinite_rows(G: torch.Tensor) -> list[int]:
+    """Indices of rows of ``G`` that contain NaN or Inf."""
+    bad = ~torch.isfinite(G).all(dim=1)
+    return torch.nonzero(bad).flatten().tolist()
+
+
+class Aggregator:
+    """Base class: input checks, then :meth:`aggregate`."""
+
+    name = "aggregator"
+    #: smallest p for a given f, as (formula text, function); None when any p >= 1 works
+    requirement: tuple[str, object] | None = None
+
+    def __init__(self, f: int = 0):
+        if not isinstance(f, int) or f < 0:
+            raise ValueError(f"{self.name}: f must be a non-negative integer, got {f!r}")
+        self.f = f
+
+    def check(self, G: torch.Tensor) -> None:
+        if G.ndim != 2:
+            raise ValueError(f"{self.name}: expected a (p, n) tensor, got shape {tuple(G.shape)}")
+        if not G.is_floating_point():
+            raise ValueError(f"{self.name}: expected a floating tensor, got {G.dtype}")
+        p = G.shape[0]
+        if p < 1:
+            raise ValueError(f"{self.name}: needs at least one worker row")
+        if self.requirement is not None:
+            text, ok = self.requirement
+            if not ok(p, self.f):
+                raise PreconditionError(
+                    f"{self.name} needs {text} (got p={p}, f={self.f})"
+                )
+        bad = nonfinite_rows(G)
+        if bad:
+            raise NonFiniteGradientError(bad)
+
+    def __call__(self, G: torch.Tensor) -> torch.Tensor:
+        self.check(G)
+        return self.aggregate(G)
+
+    def aggregate(self, G: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
