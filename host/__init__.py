@@ -1,0 +1,1 @@
+"""Host side: datasets, models, workers computing per-worker gradients, the parameter server."""

@@ -1,0 +1,5 @@
+import sys
+
+from innet.cli import main
+
+sys.exit(main())

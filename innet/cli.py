@@ -1,0 +1,109 @@
+"""The ``innet`` command line (also ``python -m innet``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from innet import config
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train with one or more aggregation paths and write metrics, summary and a table",
+        description="Run a scenario (TOML file and/or flags; flags override the file).",
+    )
+    p.add_argument("scenario", nargs="?", help="TOML scenario file (default: built-in defaults)")
+    p.add_argument("--out", help="output folder (default: runs/<name>)")
+    p.add_argument("--name", help="scenario name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("-p", "--workers", type=int, dest="p", help="number of workers")
+    p.add_argument("-f", "--byzantine", type=int, dest="f", help="number of Byzantine workers")
+    p.add_argument("--attack", help="attack name, or none")
+    p.add_argument("--dataset", help="digits, mnist, cifar10")
+    p.add_argument("--root", help="local folder holding mnist/cifar10")
+    p.add_argument("--download", action="store_true", help="let torchvision fetch the dataset")
+    p.add_argument("--model", help="mlp, cnn, resnet18")
+    p.add_argument("--batch", type=int, help="minibatch per worker")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float, dest="weight_decay")
+    p.add_argument(
+        "--agg",
+        action="append",
+        metavar="RULE",
+        help="aggregation rule (repeat for several paths), e.g. --agg mean --agg fa",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _scenario_from_args(args) -> config.Scenario:
+    import tomllib
+
+    data = {}
+    if args.scenario:
+        try:
+            with open(args.scenario, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise config.ScenarioError(f"scenario file {args.scenario!r} does not exist") from None
+    flat = {
+        ("name",): args.name,
+        ("seed",): args.seed,
+        ("device",): args.device,
+        ("workers", "p"): args.p,
+        ("workers", "f"): args.f,
+        ("workers", "attack"): args.attack,
+        ("data", "dataset"): args.dataset,
+        ("data", "root"): args.root,
+        ("data", "download"): True if args.download else None,
+        ("data", "model"): args.model,
+        ("data", "batch"): args.batch,
+        ("training", "steps"): args.steps,
+        ("training", "lr"): args.lr,
+        ("training", "momentum"): args.momentum,
+        ("training", "weight_decay"): args.weight_decay,
+    }
+    for keys, value in flat.items():
+        if value is None:
+            continue
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    if args.agg:
+        data["paths"] = [{"rule": rule} for rule in args.agg]
+    return config.from_dict(data)
+
+
+def cmd_run(args) -> int:
+    from innet import experiment
+
+    scenario = _scenario_from_args(args)
+    out = experiment.output_dir(scenario, args.out)
+    summary = experiment.run(scenario, str(out), progress=not args.no_progress)
+    print()
+    print(experiment.format_table(summary))
+    print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="innet", description="In-network robust gradient aggregation lab."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"run": cmd_run}[args.command](args)
+    except config.ScenarioError as err:
+        print(f"innet: invalid scenario: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

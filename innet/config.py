@@ -1,0 +1,219 @@
+"""Scenarios: a plain dataclass tree, loaded from TOML and validated once at the edge.
+
+Unknown keys, wrong types and impossible combinations (Bulyan with p < 4f+3, more
+Byzantine workers than workers, a batch larger than the data allows, …) are rejected
+with a :class:`ScenarioError` that names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from host.data import DATASETS
+from host.models import MODELS
+from innet import aggregators, attacks
+
+
+class ScenarioError(ValueError):
+    """A scenario is invalid; the message names the key."""
+
+
+@dataclass
+class Workers:
+    p: int = 15  #: number of workers
+    f: int = 3  #: how many of them are Byzantine (the first f)
+    attack: str = "uniform"  #: an innet.attacks name, or "none"
+    attack_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Data:
+    dataset: str = "digits"
+    model: str = "mlp"
+    batch: int = 32  #: per worker
+    root: str = ""  #: local folder for mnist/cifar10
+    download: bool = False
+
+
+@dataclass
+class Training:
+    steps: int = 300
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    milestones: list[int] = field(default_factory=list)  #: steps where lr is multiplied by gamma
+    gamma: float = 0.2
+    eval_every: int = 50  #: steps between test evaluations (and at the last step)
+    nonfinite: str = "zero"  #: PS policy for NaN/Inf rows: "zero" or "error"
+
+
+@dataclass
+class AggregationPath:
+    """One aggregation path: where the aggregation runs and with which rule."""
+
+    rule: str = "mean"
+    via: str = "ps"  #: "ps" (parameter server)
+    label: str = ""  #: name in the outputs; defaults to "<rule>" (or "<via>:<rule>")
+    params: dict[str, Any] = field(default_factory=dict)  #: rule hyper-parameters
+
+    @property
+    def name(self) -> str:
+        return self.label or (self.rule if self.via == "ps" else f"{self.via}:{self.rule}")
+
+
+@dataclass
+class Scenario:
+    name: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    out: str = ""  #: output folder; defaults to runs/<name>
+    workers: Workers = field(default_factory=Workers)
+    data: Data = field(default_factory=Data)
+    training: Training = field(default_factory=Training)
+    paths: list[AggregationPath] = field(
+        default_factory=lambda: [AggregationPath(rule=r) for r in ("mean", "median", "multi_krum", "bulyan", "fa")]
+    )
+
+
+VIAS = ("ps",)
+
+
+# -- building from plain data ------------------------------------------------------------
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if type(value) is not hint:
+            raise ScenarioError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ScenarioError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ScenarioError(f"{key}: expected a table, got {type(value).__name__}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - not used yet
+        return value
+    raise ScenarioError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def _build(cls, data: dict[str, Any], prefix: str):
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{prefix or 'scenario'}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ScenarioError(
+            f"unknown key {where}{unknown[0]}; allowed keys{' in ' + prefix if prefix else ''}: "
+            + ", ".join(names)
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value, list):
+                raise ScenarioError(f"{key}: expected an array of tables")
+            item = typing.get_args(hint)[0]
+            kwargs[name] = [_build(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        else:
+            kwargs[name] = _check_type(key, value, hint)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Scenario:
+    """Build and validate a scenario from plain data (e.g. parsed TOML)."""
+    scenario = _build(Scenario, data, "")
+    validate(scenario)
+    return scenario
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a TOML scenario file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"{path}: not valid TOML: {err}") from None
+    return from_dict(data)
+
+
+def to_dict(scenario: Scenario) -> dict[str, Any]:
+    return dataclasses.asdict(scenario)
+
+
+# -- validation ----------------------------------------------------------------------------
+def _choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ScenarioError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value, strict: bool = True) -> None:
+    if value < 0 or (strict and value == 0):
+        raise ScenarioError(f"{key}: must be {'> 0' if strict else '>= 0'}, got {value}")
+
+
+def validate(s: Scenario) -> None:
+    """Check values and combinations; raise :class:`ScenarioError` naming the key."""
+    w, d, t = s.workers, s.data, s.training
+    _positive("workers.p", w.p)
+    _positive("workers.f", w.f, strict=False)
+    if w.f >= w.p:
+        raise ScenarioError(f"workers.f: must be < workers.p ({w.p}), got {w.f}")
+    _choice("workers.attack", w.attack, ("none", *attacks.NAMES))
+    try:
+        attacks.get(w.attack, **w.attack_params)
+    except ValueError as err:
+        raise ScenarioError(f"workers.attack_params: {err}") from None
+    _choice("data.dataset", d.dataset, DATASETS)
+    _choice("data.model", d.model, MODELS)
+    _positive("data.batch", d.batch)
+    if d.dataset != "digits" and not d.root:
+        raise ScenarioError(f"data.root: dataset {d.dataset!r} needs a local folder")
+    if d.dataset == "digits" and w.p * d.batch > 1437:
+        raise ScenarioError(
+            f"data.batch: p·batch = {w.p * d.batch} exceeds the 1437 digits training images"
+        )
+    _positive("training.steps", t.steps)
+    _positive("training.lr", t.lr)
+    _positive("training.momentum", t.momentum, strict=False)
+    _positive("training.weight_decay", t.weight_decay, strict=False)
+    _positive("training.eval_every", t.eval_every)
+    _choice("training.nonfinite", t.nonfinite, ("zero", "error"))
+    if not s.paths:
+        raise ScenarioError("paths: at least one aggregation path is needed")
+    seen = set()
+    for i, path in enumerate(s.paths):
+        key = f"paths[{i}]"
+        _choice(f"{key}.via", path.via, VIAS)
+        _choice(f"{key}.rule", path.rule, aggregators.NAMES)
+        if path.name in seen:
+            raise ScenarioError(f"{key}.label: two paths are named {path.name!r}; set label")
+        seen.add(path.name)
+        try:
+            rule = aggregators.get(path.rule, **{"f": w.f, **path.params})
+        except ValueError as err:
+            raise ScenarioError(f"{key}.params: {err}") from None
+        if rule.requirement is not None:
+            text, ok = rule.requirement
+            if not ok(w.p, rule.f):
+                raise ScenarioError(
+                    f"{key}.rule: {path.rule} needs {text}, but workers.p={w.p} and f={rule.f}"
+                )

@@ -1,0 +1,152 @@
+"""The experiment runner: one scenario, several aggregation paths, same data and attack.
+
+Every path trains its own copy of the model from the same initial weights, sees the
+same minibatch stream and the same attack randomness, so differences between paths
+come from the aggregation alone. Metrics stream to ``metrics.jsonl`` (one JSON object
+per line, flushed: a crash loses at most the line being written); ``summary.json``,
+``config.toml`` (the resolved scenario) and a printed table come at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+from tqdm.auto import tqdm
+
+from host import data as datasets
+from host import models
+from host.ps import ParameterServer
+from host.worker import WorkerPool, evaluate
+from innet import aggregators, attacks
+from innet.config import AggregationPath, Scenario, to_dict
+from innet.devices import pick_device
+
+
+@dataclass
+class PathResult:
+    final_test_accuracy: float
+    final_test_loss: float
+    final_train_loss: float
+    seconds_per_step: float
+    aggregate_seconds_per_step: float
+    nonfinite_rows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class MetricsWriter:
+    """Appends JSON lines and flushes each one."""
+
+    def __init__(self, path: Path):
+        self.fh = path.open("w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def output_dir(scenario: Scenario, out: str | None = None) -> Path:
+    return Path(out or scenario.out or f"runs/{scenario.name}")
+
+
+def run_path(
+    scenario: Scenario,
+    path: AggregationPath,
+    data: datasets.Dataset,
+    device: torch.device,
+    metrics: MetricsWriter,
+    progress: bool = True,
+) -> PathResult:
+    """Train one model through one aggregation path."""
+    w, t = scenario.workers, scenario.training
+    torch.manual_seed(scenario.seed)
+    model = models.build(scenario.data.model, data.image_shape, data.num_classes).to(device)
+    attack = attacks.get(w.attack, **w.attack_params) if w.f > 0 else None
+    byzantine = list(range(w.f))
+    pool = WorkerPool(
+        model,
+        data,
+        w.p,
+        scenario.data.batch,
+        seed=scenario.seed,
+        byzantine=byzantine,
+        data_attack=attack if attack is not None and attack.kind == "data" else None,
+    )
+    gradient_attack = attack if attack is not None and attack.kind == "gradient" else None
+    byz_index = torch.tensor(byzantine, dtype=torch.long, device=device)
+    attack_gen = torch.Generator().manual_seed(scenario.seed + 2)
+    rule = aggregators.get(path.rule, **{"f": w.f, **path.params})
+    ps = ParameterServer(
+        model, rule, t.lr, t.momentum, t.weight_decay, t.milestones, t.gamma, t.nonfinite
+    )
+    honest = torch.ones(w.p, dtype=torch.bool)
+    honest[byzantine] = False
+
+    start = time.perf_counter()
+    accuracy, test_loss, train_loss = float("nan"), float("nan"), float("nan")
+    bar = tqdm(range(1, t.steps + 1), desc=f"{path.name:>14}", disable=not progress, leave=True)
+    for step in bar:
+        G, losses = pool.gradients()
+        if gradient_attack is not None:
+            G = gradient_attack(G, byz_index, attack_gen)
+        ps.step(G)
+        train_loss = float(losses.cpu()[honest].mean())
+        record = {"path": path.name, "step": step, "train_loss": train_loss,
+                  "lr": ps.optimizer.param_groups[0]["lr"]}
+        if step % t.eval_every == 0 or step == t.steps:
+            accuracy, test_loss = evaluate(model, data.x_test, data.y_test)
+            record.update(test_accuracy=accuracy, test_loss=test_loss)
+            bar.set_postfix(acc=f"{accuracy:.3f}")
+        record["elapsed_s"] = time.perf_counter() - start
+        metrics.write(record)
+    elapsed = time.perf_counter() - start
+    return PathResult(
+        final_test_accuracy=accuracy,
+        final_test_loss=test_loss,
+        final_train_loss=train_loss,
+        seconds_per_step=elapsed / t.steps,
+        aggregate_seconds_per_step=ps.aggregate_seconds / t.steps,
+        nonfinite_rows=ps.nonfinite_rows,
+    )
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    head = f"{'path':<22}{'test acc':>10}{'test loss':>11}{'ms/step':>10}{'agg ms':>9}"
+    lines = [head, "-" * len(head)]
+    for name, r in summary.items():
+        lines.append(
+            f"{name:<22}{r['final_test_accuracy']:>10.4f}{r['final_test_loss']:>11.4f}"
+            f"{1e3 * r['seconds_per_step']:>10.2f}{1e3 * r['aggregate_seconds_per_step']:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def run(scenario: Scenario, out: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run every path of ``scenario``; write the outputs; return the summary."""
+    folder = output_dir(scenario, out)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = pick_device(scenario.device)
+    with (folder / "config.toml").open("wb") as fh:
+        tomli_w.dump(to_dict(scenario), fh)
+    data = datasets.load(
+        scenario.data.dataset, scenario.data.root or None, scenario.data.download
+    ).to(device)
+    metrics = MetricsWriter(folder / "metrics.jsonl")
+    summary: dict[str, Any] = {}
+    try:
+        for path in scenario.paths:
+            summary[path.name] = run_path(scenario, path, data, device, metrics, progress).as_dict()
+            (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    finally:
+        metrics.close()
+    return summary
