@@ -77,7 +77,9 @@ class Scenario:
     data: Data = field(default_factory=Data)
     training: Training = field(default_factory=Training)
     paths: list[AggregationPath] = field(
-        default_factory=lambda: [AggregationPath(rule=r) for r in ("mean", "median", "multi_krum", "bulyan", "fa")]
+        default_factory=lambda: [
+            AggregationPath(rule=r) for r in ("mean", "median", "multi_krum", "bulyan", "fa")
+        ]
     )
 
 
@@ -91,7 +93,9 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return float(value)
     if hint in (int, float, str, bool):
         if type(value) is not hint:
-            raise ScenarioError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+            raise ScenarioError(
+                f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+            )
         return value
     if origin is list:
         (item,) = typing.get_args(hint)

@@ -41,7 +41,8 @@ def get(name: str, **params):
     try:
         cls = REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; choose one of none, {', '.join(NAMES)}") from None
+        choices = ", ".join(("none", *NAMES))
+        raise ValueError(f"unknown attack {name!r}; choose one of {choices}") from None
     try:
         return cls(**params)
     except TypeError as err:
