@@ -1,0 +1,96 @@
+"""Scenario validation, the CLI, and the default run's trend (REFERENCE §1.5)."""
+
+import json
+
+import pytest
+
+from innet import config, experiment
+from innet.cli import main
+
+
+def write(tmp_path, text):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_default_scenario_loads():
+    s = config.load("scenarios/default.toml")
+    assert (s.workers.p, s.workers.f, s.workers.attack) == (15, 3, "uniform")
+    assert [p.name for p in s.paths] == ["mean", "median", "multi_krum", "bulyan", "fa"]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("bogus = 1", "unknown key bogus"),
+        ("[workers]\nq = 3", "unknown key workers.q"),
+        ("[workers]\np = 'ten'", "workers.p: expected int"),
+        ("[workers]\np = 5\nf = 5", "workers.f: must be < workers.p"),
+        ("[workers]\nattack = 'laser'", "workers.attack: 'laser' is not one of"),
+        ("[training]\nlr = -1.0", "training.lr: must be > 0"),
+        ("[data]\nmodel = 'vit'", "data.model: 'vit' is not one of"),
+        ("[data]\ndataset = 'mnist'", "data.root"),
+        ("[data]\nbatch = 200", "data.batch: p·batch"),
+        ("[[paths]]\nrule = 'nope'", "paths[0].rule"),
+        ("[[paths]]\nrule = 'fa'\nparams = {mode = 'x'}", "paths[0].params"),
+        ("[[paths]]\nrule = 'fa'\n[[paths]]\nrule = 'fa'", "two paths are named 'fa'"),
+        ("[workers]\np = 13\nf = 3\n[[paths]]\nrule = 'bulyan'", "bulyan needs p >= 4f+3"),
+        ("[workers]\np = 8\nf = 3\n[[paths]]\nrule = 'multi_krum'", "p >= 2f+3"),
+        ("[workers]\nattack = 'drop'\nattack_params = {fraction = 3.0}", "workers.attack_params"),
+        ("paths = 3", "paths: expected an array"),
+    ],
+)
+def test_invalid_scenarios_name_the_key(tmp_path, text, message):
+    with pytest.raises(config.ScenarioError) as err:
+        config.load(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_cli_reports_invalid_scenario(tmp_path, capsys):
+    assert main(["run", str(write(tmp_path, "bogus = 1")), "--no-progress"]) == 2
+    assert "unknown key bogus" in capsys.readouterr().err
+
+
+def test_cli_run_writes_outputs(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--steps", "6", "-p", "7", "-f", "1", "--agg", "mean", "--agg", "fa",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"mean", "fa"}
+    for entry in summary.values():
+        assert {"final_test_accuracy", "final_train_loss", "seconds_per_step"} <= set(entry)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and lines[-1]["step"] == 6 and "test_accuracy" in lines[-1]
+    resolved = config.load(out / "config.toml")
+    assert resolved.training.steps == 6 and resolved.workers.p == 7
+    assert "test acc" in capsys.readouterr().out
+
+
+def test_same_seed_same_metrics(tmp_path):
+    s = config.from_dict({"training": {"steps": 5}, "paths": [{"rule": "fa"}]})
+    a = experiment.run(s, str(tmp_path / "a"), progress=False)
+    b = experiment.run(s, str(tmp_path / "b"), progress=False)
+    assert a["fa"]["final_test_loss"] == b["fa"]["final_test_loss"]
+    strip = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
+             for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    again = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
+             for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert strip == again
+
+
+@pytest.mark.slow
+def test_default_run_reproduces_the_seeds_trend(tmp_path):
+    """f = 3 uniform-random workers of 15: mean ≤ 30 %, FA ≥ 85 % and within 3 points
+    of its own f = 0 accuracy (issue 2, REFERENCE §1.5)."""
+    base = config.load("scenarios/default.toml")
+    attacked = config.from_dict({**config.to_dict(base), "paths": [{"rule": "mean"},
+                                                                    {"rule": "fa"}]})
+    clean = config.from_dict({**config.to_dict(base), "workers": {"p": 15, "f": 0},
+                              "paths": [{"rule": "fa"}]})
+    hit = experiment.run(attacked, str(tmp_path / "f3"), progress=False)
+    ok = experiment.run(clean, str(tmp_path / "f0"), progress=False)
+    assert hit["mean"]["final_test_accuracy"] <= 0.30
+    assert hit["fa"]["final_test_accuracy"] >= 0.85
+    assert ok["fa"]["final_test_accuracy"] - hit["fa"]["final_test_accuracy"] <= 0.03
