@@ -1,0 +1,18 @@
+"""Switch programs written against a P4-like declaration API, and target profiles."""
+
+from p4_models.program import Program, Register, RegisterAction, ResourceReport, Stage
+from p4_models.streaming_sum import streaming_sum
+from p4_models.targets import TARGETS, Target, tofino1, tofino2
+
+__all__ = [
+    "Program",
+    "Register",
+    "RegisterAction",
+    "ResourceReport",
+    "Stage",
+    "TARGETS",
+    "Target",
+    "streaming_sum",
+    "tofino1",
+    "tofino2",
+]
