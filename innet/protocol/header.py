@@ -55,7 +55,8 @@ class InnetAgg(Packet):
         FlagsField("flags", 0, 8, list(FLAGS)),
         SignedByteField("exponent", 0),
         FieldLenField("count", None, count_of="values", fmt="!H"),
-        FieldListField("values", [], SignedIntField("", 0), count_from=lambda pkt: pkt.count),
+        FieldListField("values", [], SignedIntField("", 0), count_from=lambda pkt: pkt.count,
+                       max_count=65535),
     ]
 
 

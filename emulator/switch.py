@@ -1,0 +1,201 @@
+"""The switch: executes the streaming-sum program on batches of packets.
+
+Registers are fixed-width numpy arrays owned by :class:`SumSwitch`; the per-packet
+work (validation, bitmap, counter, exponent max, saturating adds, the decision table)
+runs in one Numba-compiled loop over the batch, so no Python runs per packet. Every
+dropped packet is counted with its reason; nothing a packet carries can raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from innet.protocol import decode, flag, packet_dtype
+from p4_models import Program, Target, streaming_sum, tofino1
+from p4_models import switchml_sum as ss
+
+DROP_REASONS = ("malformed", "unknown_job", "worker_out_of_range", "wrong_ingress_port",
+                "slot_out_of_range")
+MALFORMED, UNKNOWN_JOB, WORKER_RANGE, WRONG_PORT, SLOT_RANGE = range(5)
+MULTICAST, UNICAST = 1, 2
+F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
+INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pipeline(job_id, p, pool_size, k, port_of_worker, table,
+              job, worker, shadow, slot, flags, exponent, count, ingress, values,
+              bitmap, counter, exp_reg, ovf_reg, regs,
+              out_kind, out_worker, out_slot, out_shadow, out_exp, out_ovf, out_values, drops):
+    n_out = 0
+    for i in range(job.shape[0]):
+        # parser and access checks: count every drop, never raise
+        if count[i] != k or (flags[i] & F_RESULT) != 0:
+            drops[MALFORMED] += 1
+            continue
+        if job[i] != job_id:
+            drops[UNKNOWN_JOB] += 1
+            continue
+        w = worker[i]
+        if w < 0 or w >= p:
+            drops[WORKER_RANGE] += 1
+            continue
+        if ingress[i] != port_of_worker[w]:
+            drops[WRONG_PORT] += 1
+            continue
+        s = slot[i]
+        if s < 0 or s >= pool_size or shadow[i] < 0 or shadow[i] > 1:
+            drops[SLOT_RANGE] += 1
+            continue
+        v = shadow[i]
+        idx = v * pool_size + s
+        # UpdateAndCheckWorkerBitmap: 64-bit entry, set v in bits [32v, 32v+32)
+        mine = np.uint64(1) << np.uint64(32 * v + w)
+        theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
+        entry = bitmap[s]
+        seen = 1 if (entry & mine) != 0 else 0
+        bitmap[s] = (entry | mine) & ~theirs
+        # WorkersCounter
+        c = counter[idx]
+        in_progress = 1 if (c > 0 and c < p) else 0
+        last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
+        action = table[seen, in_progress, last]
+        if action == ss.DROP_DUPLICATE:
+            continue
+        if action == ss.WRITE_FIRST or action == ss.WRITE_FIRST_AND_MULTICAST:
+            counter[idx] = 1
+            exp_reg[idx] = exponent[i]
+            ovf_reg[idx] = 0
+            for j in range(k):
+                regs[idx, j] = values[i, j]
+        elif action == ss.ADD or action == ss.ADD_AND_MULTICAST:
+            counter[idx] = c + 1
+            if exponent[i] > exp_reg[idx]:
+                exp_reg[idx] = exponent[i]
+            clipped = 0
+            for j in range(k):  # Processor: saturating int32 add per lane
+                t = np.int64(regs[idx, j]) + np.int64(values[i, j])
+                hi = t > INT32_MAX
+                lo = t < INT32_MIN
+                clipped |= hi | lo
+                t = INT32_MAX if hi else t
+                t = INT32_MIN if lo else t
+                regs[idx, j] = t
+            if clipped:
+                ovf_reg[idx] = 1
+        if action == ss.UNICAST_RESULT or action == ss.WRITE_FIRST_AND_MULTICAST \
+                or action == ss.ADD_AND_MULTICAST:
+            out_kind[n_out] = UNICAST if action == ss.UNICAST_RESULT else MULTICAST
+            out_worker[n_out] = w
+            out_slot[n_out] = s
+            out_shadow[n_out] = v
+            out_exp[n_out] = exp_reg[idx]
+            out_ovf[n_out] = ovf_reg[idx]
+            for j in range(k):
+                out_values[n_out, j] = regs[idx, j]
+            n_out += 1
+    return n_out
+
+
+@dataclass
+class Results:
+    """What the switch sent back in one batch: MULTICAST records go to every worker of
+    the job, UNICAST records to ``worker``."""
+
+    kind: np.ndarray
+    worker: np.ndarray
+    slot: np.ndarray
+    shadow: np.ndarray
+    exponent: np.ndarray
+    overflow: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+class SumSwitch:
+    """One job's slot pool on a switch running :func:`p4_models.streaming_sum`.
+
+    ``port_of_worker[w]`` is the ingress port worker w must arrive on (anti-spoofing).
+    """
+
+    def __init__(self, p: int, k: int = 64, pool_size: int = 512, job: int = 0,
+                 port_of_worker: np.ndarray | None = None, target: Target = tofino1):
+        if not 1 <= p <= 32:
+            raise ValueError(f"p must be in 1..32 (32-bit worker bitmap), got {p}")
+        self.program: Program = streaming_sum(k, pool_size)
+        self.report = self.program.report(target)
+        self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
+        self.port_of_worker = (np.arange(p, dtype=np.int32) if port_of_worker is None
+                               else np.asarray(port_of_worker, dtype=np.int32))
+        self.table = np.zeros((2, 2, 2), dtype=np.int8)
+        for key, action in ss.DECISION_TABLE.items():
+            self.table[key] = action
+        slots = 2 * pool_size
+        self.bitmap = np.zeros(pool_size, dtype=np.uint64)
+        self.counter = np.zeros(slots, dtype=np.int32)
+        self.exponent = np.zeros(slots, dtype=np.int32)
+        self.overflow = np.zeros(slots, dtype=np.uint8)
+        self.values = np.zeros((slots, k), dtype=np.int32)
+        self.drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
+        self.packets_in = 0
+
+    def clear_set(self, shadow: int) -> None:
+        """Control plane: reset every slot of one shadow set (after a failed window)."""
+        lo = shadow * self.pool_size
+        self.counter[lo:lo + self.pool_size] = 0
+        self.overflow[lo:lo + self.pool_size] = 0
+        self.bitmap &= ~np.uint64(0xFFFFFFFF << (32 * shadow))
+
+    def drop_counts(self) -> dict[str, int]:
+        return dict(zip(DROP_REASONS, self.drops.tolist()))
+
+    def process_native(self, h: dict[str, np.ndarray], values: np.ndarray,
+                       ingress: np.ndarray) -> Results:
+        """Run the pipeline on decoded packets (native arrays, see innet.protocol.decode)."""
+        N = len(ingress)
+        self.packets_in += N
+        if values.ndim != 2 or values.shape[1] != self.k:
+            # a batch of the wrong width cannot be parsed by this program at all
+            self.drops[MALFORMED] += N
+            return self._results(np.zeros(0, np.int8), 0)
+        out = self._buffers(N)
+        n = _pipeline(self.job, self.p, self.pool_size, self.k, self.port_of_worker, self.table,
+                      h["job"], h["worker"], h["shadow"], h["slot"], h["flags"], h["exponent"],
+                      h["count"], ingress, values,
+                      self.bitmap, self.counter, self.exponent, self.overflow, self.values,
+                      *out, self.drops)
+        return Results(*(a[:n] for a in out))
+
+    def process(self, packets: np.ndarray, ingress: np.ndarray) -> Results:
+        """Run the pipeline on wire-format packets (structured array of packet_dtype)."""
+        if packets.dtype != packet_dtype(self.k):
+            self.drops[MALFORMED] += len(packets)
+            self.packets_in += len(packets)
+            return self._results(np.zeros(0, np.int8), 0)
+        h, values = decode(packets)
+        return self.process_native(h, values, np.asarray(ingress, dtype=np.int32))
+
+    def process_bytes(self, frames: list[bytes], ingress: np.ndarray) -> Results:
+        """Parse raw frames (header + payload after UDP); frames of the wrong length are
+        dropped as malformed. Slow path for fuzzing and pcaps, not for training."""
+        size = packet_dtype(self.k).itemsize
+        good = [i for i, f in enumerate(frames) if len(f) == size]
+        self.drops[MALFORMED] += len(frames) - len(good)
+        self.packets_in += len(frames) - len(good)
+        if not good:
+            return self._results(np.zeros(0, np.int8), 0)
+        packets = np.frombuffer(b"".join(frames[i] for i in good), dtype=packet_dtype(self.k))
+        return self.process(packets, np.asarray(ingress, dtype=np.int32)[good])
+
+    def _buffers(self, N: int):
+        return (np.zeros(N, np.int8), np.zeros(N, np.int32), np.zeros(N, np.int32),
+                np.zeros(N, np.int32), np.zeros(N, np.int32), np.zeros(N, np.uint8),
+                np.zeros((N, self.k), np.int32))
+
+    def _results(self, kind, n) -> Results:
+        return Results(*(a[:n] for a in self._buffers(0)))

@@ -1,0 +1,77 @@
+"""Streaming integer sum with SwitchML semantics (REFERENCE §4.1).
+
+Controls, in pipeline order, each owning its registers:
+
+* ``UpdateAndCheckWorkerBitmap`` — one 64-bit entry per pool index holding the 32-bit
+  worker bitmaps of both shadow sets: set my bit in this set, clear it in the other,
+  report whether it was already set (a retransmission).
+* ``WorkersCounter`` — contributions received for the slot (0 … p).
+* ``Exponents`` — max of the block exponents the workers propose for the next block.
+* ``OverflowFlag`` — sticky "a saturating add clipped" bit per slot.
+* ``Processor`` — k int32 lanes per slot, saturating add (first contribution writes).
+
+The per-packet decision is the const-entries table below, keyed on
+(seen, in_progress, last): ``seen`` my bit is already set in this set; ``in_progress``
+0 < counter < p; ``last`` this contribution makes the counter reach p.
+"""
+
+from __future__ import annotations
+
+from p4_models.program import Program, Register, RegisterAction, Stage
+
+# action codes shared with the emulator's kernel
+DROP_DUPLICATE, UNICAST_RESULT, WRITE_FIRST, WRITE_FIRST_AND_MULTICAST, ADD, ADD_AND_MULTICAST = (
+    range(6)
+)
+ACTION_NAMES = (
+    "drop_duplicate",
+    "unicast_kept_result",
+    "write_first",
+    "write_first_and_multicast",
+    "saturating_add",
+    "saturating_add_and_multicast",
+)
+
+#: (seen, in_progress, last) → action  — the one place where "last packet" is decided
+DECISION_TABLE = {
+    (1, 0, 0): UNICAST_RESULT,  # retransmission to a finished slot: resend the kept result
+    (1, 0, 1): UNICAST_RESULT,
+    (1, 1, 0): DROP_DUPLICATE,  # retransmission while the slot still fills: already counted
+    (1, 1, 1): DROP_DUPLICATE,
+    (0, 0, 0): WRITE_FIRST,  # first contribution of a new round
+    (0, 0, 1): WRITE_FIRST_AND_MULTICAST,  # p = 1
+    (0, 1, 0): ADD,
+    (0, 1, 1): ADD_AND_MULTICAST,  # the last contribution completes the slot
+}
+
+ETH_IP_UDP_BYTES = 14 + 20 + 8
+HEADER_BYTES = 16
+
+
+def streaming_sum(k: int = 64, pool_size: int = 512) -> Program:
+    """The streaming-sum program for packets of k int32 values and ``pool_size`` slots
+    per shadow set."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+    slots = 2 * pool_size
+    stages = (
+        Stage("UpdateAndCheckWorkerBitmap", (Register("bitmap", 64, pool_size),),
+              (RegisterAction("set_mine_clear_other", "bitmap", ("or", "andnot", "read")),)),
+        Stage("WorkersCounter", (Register("counter", 32, slots),),
+              (RegisterAction("count", "counter", ("add", "compare", "write")),)),
+        Stage("Exponents", (Register("exponent", 8, slots),),
+              (RegisterAction("max_exponent", "exponent", ("max", "write", "read")),)),
+        Stage("OverflowFlag", (Register("overflow", 8, slots),),
+              (RegisterAction("sticky_or", "overflow", ("or", "write", "read")),)),
+        Stage("Processor", (Register("values", 32, slots, lanes=k),),
+              (RegisterAction("sat_accumulate", "values", ("sat_add", "write", "read")),)),
+    )
+    return Program(
+        name=f"streaming_sum(k={k}, pool={pool_size})",
+        stages=stages,
+        parsed_bytes=ETH_IP_UDP_BYTES + HEADER_BYTES + 4 * k,
+        decision_table={key: ACTION_NAMES[a] for key, a in DECISION_TABLE.items()},
+        decision_keys=("seen", "in_progress", "last"),
+    )

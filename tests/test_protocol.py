@@ -1,0 +1,48 @@
+"""The wire format: scapy layer and numpy dtype agree byte for byte, both ways."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+
+from innet.protocol import InnetAgg, decode, encode, flag, packet_dtype
+from innet.protocol.pcap import read_pcap, write_pcap
+
+headers = st.fixed_dictionaries({
+    "job": st.integers(0, 255), "worker": st.integers(0, 255),
+    "step": st.integers(0, 2**32 - 1), "packet_id": st.integers(0, 2**32 - 1),
+    "shadow": st.integers(0, 1), "slot": st.integers(0, 2**15 - 1),
+    "flags": st.integers(0, 255), "exponent": st.integers(-128, 127),
+})
+
+
+@given(h=headers, k=st.sampled_from([1, 64, 256]), seed=st.integers(0, 2**32 - 1))
+def test_numpy_encoding_equals_scapy_both_ways(h, k, seed):
+    values = np.random.default_rng(seed).integers(-(2**31), 2**31, size=k, dtype=np.int64)
+    values = values.astype(np.int32)
+    scapy_bytes = bytes(InnetAgg(**h, values=[int(v) for v in values]))
+    arr = encode({key: np.array([v]) for key, v in h.items()}, values[None])
+    assert arr.dtype.itemsize == 16 + 4 * k
+    assert arr.tobytes() == scapy_bytes
+    parsed = InnetAgg(scapy_bytes)
+    dh, dv = decode(np.frombuffer(scapy_bytes, dtype=packet_dtype(k)))
+    for key, value in h.items():
+        assert getattr(parsed, key) == value == int(dh[key][0])
+    assert parsed.count == k == int(dh["count"][0])
+    assert list(parsed.values) == values.tolist() == dv[0].tolist()
+
+
+def test_layer_binds_to_the_udp_port_range():
+    pkt = IP(bytes(IP() / UDP(dport=0xBEE7) / InnetAgg(worker=2, values=[1, 2])))
+    assert InnetAgg in pkt and pkt[InnetAgg].worker == 2
+    assert flag("RESULT", "OVERFLOW") == 0b11000
+
+
+def test_pcap_round_trip(tmp_path):
+    k = 8
+    h = {"job": np.array([1, 1]), "worker": np.array([0, 3]), "step": np.array([5, 5]),
+         "packet_id": np.array([0, 1]), "shadow": np.array([0, 1]), "slot": np.array([0, 1]),
+         "flags": np.array([0, flag("RETRANSMIT")]), "exponent": np.array([-2, 4])}
+    packets = encode(h, np.arange(16, dtype=np.int32).reshape(2, k))
+    write_pcap(str(tmp_path / "a.pcap"), packets)
+    assert read_pcap(str(tmp_path / "a.pcap"), k).tobytes() == packets.tobytes()

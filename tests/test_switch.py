@@ -1,0 +1,215 @@
+"""The switch emulator, links and the in-network allreduce."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emulator.network import Link, LinkModel
+from emulator.switch import DROP_REASONS, MULTICAST, UNICAST, SumSwitch
+from host.switch_allreduce import INT32_MAX, SwitchAllreduce, chunk_exponents, scale_of
+from innet.protocol import encode, flag, packet_dtype
+from p4_models import streaming_sum, tofino1, tofino2
+
+
+def header(n, **over):
+    h = {"job": np.zeros(n, int), "worker": np.arange(n) % 4, "step": np.zeros(n, int),
+         "packet_id": np.zeros(n, int), "shadow": np.zeros(n, int), "slot": np.zeros(n, int),
+         "flags": np.zeros(n, int), "exponent": np.zeros(n, int)}
+    h.update({k: np.asarray(v) for k, v in over.items()})
+    return h
+
+
+# -- exactness ------------------------------------------------------------------------------
+links = st.builds(
+    LinkModel,
+    loss=st.floats(0.0, 0.2),
+    duplicate=st.floats(0.0, 0.2),
+    reorder=st.integers(0, 16),
+)
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**31), p=st.integers(1, 16), up=links, down=links,
+       burst=st.booleans())
+def test_switch_sum_is_bit_exact_under_loss_duplication_reordering(seed, p, up, down, burst):
+    rng = np.random.default_rng(seed)
+    P, k = 32, 16
+    bound = INT32_MAX // p  # SwitchML scaling: |q| ≤ INT32_MAX / p
+    Q = rng.integers(-bound, bound + 1, size=(p, P, k)).astype(np.int32)
+    if burst:
+        up = LinkModel(burst=(0.05, 0.3, 0.0, 0.6), duplicate=up.duplicate, reorder=up.reorder)
+    ar = SwitchAllreduce(p, k, pool_size=P, up=up, down=down, seed=seed, max_retries=200)
+    for window in range(3):  # reuse both shadow sets
+        sums, _, ovf, done = ar.reduce_window(Q, np.zeros((p, P), np.int32), window)
+        assert done.all() and not ovf.any()
+        assert np.array_equal(sums.astype(np.int64), Q.astype(np.int64).sum(axis=0))
+    # every slot counted each worker exactly once
+    assert (ar.switch.counter[ar.switch.counter > 0] == p).all()
+
+
+def test_dequantised_sum_within_the_quantisation_bound():
+    rng = np.random.default_rng(0)
+    p, n, k = 16, 20_000, 64
+    X = (rng.normal(size=(p, n)) * rng.uniform(1e-3, 10, size=(1, n))).astype(np.float32)
+    lossy = LinkModel(loss=0.05, duplicate=0.02, reorder=4)
+    out, stats = SwitchAllreduce(p, k, pool_size=64, up=lossy, down=lossy).allreduce(X)
+    exact = X.sum(axis=0, dtype=np.float64)
+    e = chunk_exponents(X, k).max(axis=0)
+    bound = np.repeat(p * 0.5 / scale_of(e, p), k)[:n]  # each of p roundings ≤ ½ unit
+    assert (np.abs(out - exact) <= bound * (1 + 1e-9)).all()
+    assert stats.retransmissions > 0 and sum(stats.fallback_chunks.values()) == 0
+
+
+# -- saturation, Byzantine integers, fallbacks ----------------------------------------------
+def test_out_of_range_integers_saturate_and_flag_overflow():
+    sw = SumSwitch(p=3, k=4, pool_size=2)
+    vals = np.array([[INT32_MAX] * 4, [INT32_MAX] * 4, [-5, 0, 1, 2]], dtype=np.int32)
+    r = sw.process(encode(header(3, worker=[0, 1, 2]), vals), np.arange(3))
+    assert r.kind.tolist() == [MULTICAST]
+    assert r.overflow[0] == 1
+    assert r.values[0].tolist() == [INT32_MAX - 5, INT32_MAX, INT32_MAX, INT32_MAX]
+
+
+def test_byzantine_integers_go_to_the_fallback():
+    rng = np.random.default_rng(1)
+    p, n, k = 5, 4096, 64
+    X = rng.normal(size=(p, n)).astype(np.float32)
+    ar = SwitchAllreduce(p, k, pool_size=16)
+
+    def byzantine(Q, window):
+        Q[0, :3] = INT32_MAX  # worker 0 ignores the agreed scale on three chunks
+        return Q
+
+    ar.tamper = byzantine
+    out, stats = ar.allreduce(X)
+    assert stats.fallback_chunks["overflow"] > 0
+    np.testing.assert_allclose(out, X.sum(axis=0, dtype=np.float64), atol=1e-5)
+
+
+def test_silent_worker_and_missing_slots_fall_back():
+    X = np.random.default_rng(2).normal(size=(4, 1000)).astype(np.float32)
+    ar = SwitchAllreduce(4, 64, pool_size=8, max_retries=3)
+    ar.silent.add(2)
+    out, stats = ar.allreduce(X)
+    assert stats.fallback_chunks["silent_worker"] == 16
+    np.testing.assert_allclose(out, X.sum(0, dtype=np.float64), atol=1e-5)
+    out, stats = SwitchAllreduce(4, 64, pool_size=0).allreduce(X)
+    assert stats.fallback_chunks["no_slots"] == 16
+    # after the silent worker recovers, the cleared slots aggregate correctly again
+    ar.silent.clear()
+    out, stats = ar.allreduce(X)
+    assert sum(stats.fallback_chunks.values()) == 0
+    np.testing.assert_allclose(out, X.sum(0, dtype=np.float64), atol=1e-4)
+
+
+def test_retransmission_to_finished_slot_gets_unicast_and_is_not_recounted():
+    sw = SumSwitch(p=2, k=2, pool_size=1)
+    pk = encode(header(2, worker=[0, 1]), np.array([[1, 2], [3, 4]], np.int32))
+    assert sw.process(pk, np.arange(2)).kind.tolist() == [MULTICAST]
+    again = sw.process(pk[:1], np.arange(1))
+    assert again.kind.tolist() == [UNICAST] and again.values[0].tolist() == [4, 6]
+    assert sw.counter[0] == 2
+    partial = SumSwitch(p=3, k=2, pool_size=1)
+    partial.process(pk[:1], np.arange(1))
+    partial.process(pk[:1], np.arange(1))  # duplicate while filling: ignored
+    assert partial.counter[0] == 1 and partial.values[0].tolist() == [1, 2]
+
+
+# -- malformed and spoofed packets ----------------------------------------------------------
+P_, K_ = 4, 8
+SIZE = packet_dtype(K_).itemsize
+
+
+def valid_frame(worker=0, slot=0):
+    return encode(header(1, worker=[worker], slot=[slot]), np.ones((1, K_), np.int32)).tobytes()
+
+
+def set_byte(frame, pos, value):
+    b = bytearray(frame)
+    b[pos] = value
+    return bytes(b)
+
+
+malformed = st.one_of(
+    st.binary(max_size=600).filter(lambda b: len(b) != SIZE),  # wrong length
+    st.builds(lambda n: valid_frame()[:n], st.integers(0, SIZE - 1)),  # truncated
+    st.builds(lambda j: set_byte(valid_frame(), 0, j), st.integers(1, 255)),  # unknown job
+    st.builds(lambda w: set_byte(valid_frame(), 1, w), st.integers(P_, 255)),  # worker range
+    st.builds(lambda s: set_byte(valid_frame(), 11, s), st.integers(2, 255)),  # slot range
+    st.builds(lambda c: set_byte(valid_frame(), 15, c), st.integers(0, 255).filter(
+        lambda c: c != K_)),  # wrong count
+    st.builds(lambda f: set_byte(valid_frame(), 12, f | flag("RESULT")), st.integers(0, 255)),
+)
+
+
+@settings(max_examples=200)
+@given(batch=st.lists(malformed, min_size=50, max_size=50),
+       spoofed=st.lists(st.integers(0, P_ - 1), min_size=5, max_size=5))
+def test_fuzzed_malformed_and_spoofed_packets_are_dropped_and_counted(batch, spoofed):
+    """200 examples × 55 packets = 11 000 bad packets."""
+    sw = SumSwitch(p=P_, k=K_, pool_size=2)
+    frames = batch + [valid_frame(worker=w) for w in spoofed]
+    ingress = np.array([0] * len(batch) + [(w + 1) % P_ for w in spoofed])  # wrong ports
+    res = sw.process_bytes(frames, ingress)
+    assert len(res) == 0
+    assert int(sw.drops.sum()) == len(frames)
+    assert sw.drop_counts()["wrong_ingress_port"] == 5
+    assert (sw.counter == 0).all()
+
+
+def test_wrong_dtype_batch_is_dropped():
+    sw = SumSwitch(p=2, k=4)
+    sw.process(np.zeros(3, dtype=packet_dtype(8)), np.zeros(3))
+    assert sw.drop_counts()["malformed"] == 3 and set(DROP_REASONS) == set(sw.drop_counts())
+
+
+# -- resources ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("pool", [64, 512, 4096])
+def test_streaming_sum_k64_fits_tofino1(pool):
+    report = streaming_sum(64, pool).report(tofino1)
+    assert report.fits and report.recirculations == 0, str(report)
+
+
+def test_streaming_sum_k256_needs_recirculations():
+    assert streaming_sum(256).report(tofino1).recirculations == 2
+    assert streaming_sum(256).report(tofino2).recirculations == 1
+    huge = streaming_sum(64, pool_size=20_000).report(tofino1)
+    assert not huge.fits and "register depth" in " ".join(huge.reasons)
+
+
+def test_switch_rejects_more_than_32_workers():
+    with pytest.raises(ValueError, match="32-bit worker bitmap"):
+        SumSwitch(p=33)
+
+
+# -- links ---------------------------------------------------------------------------------------
+def test_bernoulli_loss_rate_and_duplication():
+    link = Link(LinkModel(loss=0.1, duplicate=0.05), seed=0)
+    got = link.transmit(100_000)
+    assert abs(link.lost / 100_000 - 0.1) < 0.005
+    assert abs(link.duplicated / (100_000 - link.lost) - 0.05) < 0.005
+    assert len(got) == 100_000 - link.lost + link.duplicated
+
+
+def test_gilbert_elliott_is_bursty():
+    link = Link(LinkModel(burst=(0.01, 0.1, 0.0, 1.0)), seed=0)
+    kept = np.zeros(200_000, bool)
+    kept[link.transmit(200_000)] = True
+    lost = ~kept
+    runs = np.diff(np.flatnonzero(np.diff(lost.astype(int)) != 0))
+    assert 0.05 < lost.mean() < 0.13  # stationary bad share 0.01/(0.01+0.1) ≈ 0.09
+    assert np.mean(runs) > 3  # losses come in bursts (mean bad run ≈ 10)
+
+
+def test_reordering_is_bounded_and_failed_port_loses_everything():
+    got = Link(LinkModel(reorder=5), seed=0).transmit(10_000)
+    assert sorted(got) == list(range(10_000))
+    assert np.abs(got - np.arange(10_000)).max() <= 5
+    port = Link(LinkModel(down_between=(1, 3)), seed=0)
+    assert [len(port.transmit(10)) for _ in range(4)] == [10, 0, 0, 10]
+
+
+def test_link_models_validate():
+    with pytest.raises(ValueError, match="link.loss"):
+        LinkModel(loss=1.5)
