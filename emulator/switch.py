@@ -158,6 +158,15 @@ class SumSwitch:
                        ingress: np.ndarray) -> Results:
         """Run the pipeline on decoded packets (native arrays, see innet.protocol.decode)."""
         N = len(ingress)
+        fields = ("job", "worker", "shadow", "slot", "flags", "exponent", "count")
+        lengths = {name: len(h[name]) for name in fields}
+        if any(n != N for n in lengths.values()) or len(values) != N:
+            # the Numba loop does no bounds checks: refuse a batch that disagrees with itself
+            raise ValueError(f"batch arrays disagree in length: ingress {N}, values "
+                             f"{len(values)}, header {lengths}")
+        h = {name: np.ascontiguousarray(h[name], dtype=np.int32) for name in fields}
+        values = np.ascontiguousarray(values, dtype=np.int32)
+        ingress = np.ascontiguousarray(ingress, dtype=np.int32)
         self.packets_in += N
         if values.ndim != 2 or values.shape[1] != self.k:
             # a batch of the wrong width cannot be parsed by this program at all

@@ -233,6 +233,10 @@ class SwitchAllreduce:
         worker proposes for the next window (p, pool_size). Returns (sums (pool_size, k)
         int32, agreed next exponents, overflow flags, done flags)."""
         stats = stats if stats is not None else AllreduceStats()
+        want = (self.p, self.pool_size, self.k)
+        if Q.shape != want or e_next.shape != want[:2]:
+            raise ValueError(f"reduce_window: Q must be {want} and e_next {want[:2]}, got "
+                             f"{Q.shape} and {e_next.shape}")
         if self.tamper is not None:
             Q = self.tamper(Q.copy(), window)
         return self._window(Q, e_next, window, self.pool_size, False, stats)

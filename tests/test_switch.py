@@ -213,3 +213,11 @@ def test_reordering_is_bounded_and_failed_port_loses_everything():
 def test_link_models_validate():
     with pytest.raises(ValueError, match="link.loss"):
         LinkModel(loss=1.5)
+
+
+def test_native_batch_with_inconsistent_lengths_is_refused():
+    sw = SumSwitch(p=2, k=4)
+    h = {name: np.zeros(5, np.int32) for name in
+         ("job", "worker", "shadow", "slot", "flags", "exponent", "count")}
+    with pytest.raises(ValueError, match="disagree in length"):
+        sw.process_native(h, np.zeros((2, 4), np.int32), np.zeros(2, np.int32))
