@@ -190,7 +190,7 @@ class SwitchAllreduce:
             stats.fallback_chunks["no_slots"] = C
             out[:n] = X.sum(axis=0, dtype=np.float64)
             return out[:n], stats
-        P = self.pool_size
+        P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
         local_e = chunk_exponents(X, k)
         windows = -(-C // P)
         pad_chunks = windows * P
@@ -229,14 +229,15 @@ class SwitchAllreduce:
 
     def reduce_window(self, Q: np.ndarray, e_next: np.ndarray, window: int,
                       stats: AllreduceStats | None = None):
-        """Integer-sum one window: Q (p, pool_size, k) int32 and the exponents each
-        worker proposes for the next window (p, pool_size). Returns (sums (pool_size, k)
-        int32, agreed next exponents, overflow flags, done flags)."""
+        """Integer-sum one window: Q (p, m, k) int32 for slots 0..m−1 (m ≤ pool_size)
+        and the exponents each worker proposes for the next window (p, m). Returns
+        (sums (m, k) int32, agreed next exponents, overflow flags, done flags)."""
         stats = stats if stats is not None else AllreduceStats()
-        want = (self.p, self.pool_size, self.k)
-        if Q.shape != want or e_next.shape != want[:2]:
-            raise ValueError(f"reduce_window: Q must be {want} and e_next {want[:2]}, got "
-                             f"{Q.shape} and {e_next.shape}")
+        if (Q.ndim != 3 or Q.shape[0] != self.p or Q.shape[2] != self.k
+                or not 1 <= Q.shape[1] <= self.pool_size or e_next.shape != Q.shape[:2]):
+            raise ValueError(
+                f"reduce_window: Q must be (p={self.p}, m <= {self.pool_size}, k={self.k}) and "
+                f"e_next (p, m); got {Q.shape} and {e_next.shape}")
         if self.tamper is not None:
             Q = self.tamper(Q.copy(), window)
-        return self._window(Q, e_next, window, self.pool_size, False, stats)
+        return self._window(Q, e_next, window, Q.shape[1], False, stats)

@@ -54,11 +54,26 @@ class Training:
 
 
 @dataclass
+class Network:
+    """Links between workers and the switch (used by ``via = "switch"`` paths)."""
+
+    up_loss: float = 0.0  #: Bernoulli loss, worker → switch
+    down_loss: float = 0.0  #: Bernoulli loss, switch → worker (multicast/unicast results)
+    duplicate: float = 0.0  #: probability a packet arrives twice (both directions)
+    reorder: int = 0  #: maximum reordering displacement in packets (both directions)
+    burst: list[float] = field(default_factory=list)  #: Gilbert–Elliott (p_gb, p_bg, l_g, l_b)
+    lossy_workers: list[int] = field(default_factory=list)  #: links with loss; empty = all
+    k: int = 64  #: int32 values per packet
+    pool_size: int = 512  #: switch slots per shadow set for the job
+    max_retries: int = 20  #: timeouts before a chunk goes to the PS fallback
+
+
+@dataclass
 class AggregationPath:
     """One aggregation path: where the aggregation runs and with which rule."""
 
     rule: str = "mean"
-    via: str = "ps"  #: "ps" (parameter server)
+    via: str = "ps"  #: "ps" (parameter server, float) or "switch" (in-network integer sum)
     label: str = ""  #: name in the outputs; defaults to "<rule>" (or "<via>:<rule>")
     params: dict[str, Any] = field(default_factory=dict)  #: rule hyper-parameters
 
@@ -76,6 +91,7 @@ class Scenario:
     workers: Workers = field(default_factory=Workers)
     data: Data = field(default_factory=Data)
     training: Training = field(default_factory=Training)
+    network: Network = field(default_factory=Network)
     paths: list[AggregationPath] = field(
         default_factory=lambda: [
             AggregationPath(rule=r) for r in ("mean", "median", "multi_krum", "bulyan", "fa")
@@ -83,7 +99,8 @@ class Scenario:
     )
 
 
-VIAS = ("ps",)
+VIAS = ("ps", "switch")
+SWITCH_RULES = ("mean",)
 
 
 # -- building from plain data ------------------------------------------------------------
@@ -201,6 +218,20 @@ def validate(s: Scenario) -> None:
     _positive("training.weight_decay", t.weight_decay, strict=False)
     _positive("training.eval_every", t.eval_every)
     _choice("training.nonfinite", t.nonfinite, ("zero", "error"))
+    n = s.network
+    for name in ("up_loss", "down_loss", "duplicate"):
+        value = getattr(n, name)
+        if not 0.0 <= value <= 1.0:
+            raise ScenarioError(f"network.{name}: must be in [0, 1], got {value}")
+    _positive("network.reorder", n.reorder, strict=False)
+    if n.burst and (len(n.burst) != 4 or not all(0.0 <= x <= 1.0 for x in n.burst)):
+        raise ScenarioError(f"network.burst: expected 4 probabilities, got {n.burst}")
+    bad = [i for i in n.lossy_workers if not 0 <= i < w.p]
+    if bad:
+        raise ScenarioError(f"network.lossy_workers: {bad} are not worker ids 0..{w.p - 1}")
+    _positive("network.k", n.k)
+    _positive("network.pool_size", n.pool_size, strict=False)
+    _positive("network.max_retries", n.max_retries, strict=False)
     if not s.paths:
         raise ScenarioError("paths: at least one aggregation path is needed")
     seen = set()
@@ -208,6 +239,14 @@ def validate(s: Scenario) -> None:
         key = f"paths[{i}]"
         _choice(f"{key}.via", path.via, VIAS)
         _choice(f"{key}.rule", path.rule, aggregators.NAMES)
+        if path.via == "switch":
+            if path.rule not in SWITCH_RULES:
+                raise ScenarioError(
+                    f"{key}.rule: the switch path runs the streaming sum, so rule must be one "
+                    f"of {', '.join(SWITCH_RULES)}; got {path.rule!r}"
+                )
+            if w.p > 32:
+                raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
         if path.name in seen:
             raise ScenarioError(f"{key}.label: two paths are named {path.name!r}; set label")
         seen.add(path.name)

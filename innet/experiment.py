@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from host import data as datasets
 from host import models
+from emulator.network import LinkModel
 from host.ps import ParameterServer
+from host.switch_allreduce import SwitchAllreduce
 from host.worker import WorkerPool, evaluate
 from innet import aggregators, attacks
 from innet.config import AggregationPath, Scenario, to_dict
@@ -36,6 +38,7 @@ class PathResult:
     seconds_per_step: float
     aggregate_seconds_per_step: float
     nonfinite_rows: int
+    switch: dict[str, Any] | None = None  #: totals of the in-network path
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -57,6 +60,33 @@ class MetricsWriter:
 
 def output_dir(scenario: Scenario, out: str | None = None) -> Path:
     return Path(out or scenario.out or f"runs/{scenario.name}")
+
+
+def build_switch(scenario: Scenario) -> SwitchAllreduce:
+    """The in-network aggregation of a scenario's network section."""
+    n, p = scenario.network, scenario.workers.p
+    lossy = set(n.lossy_workers or range(p))
+
+    def model(loss: float, worker: int) -> LinkModel:
+        if worker not in lossy:
+            return LinkModel(duplicate=n.duplicate, reorder=n.reorder)
+        return LinkModel(loss=loss, burst=tuple(n.burst) if n.burst else None,
+                         duplicate=n.duplicate, reorder=n.reorder)
+
+    return SwitchAllreduce(
+        p, n.k, n.pool_size,
+        up=[model(n.up_loss, w) for w in range(p)],
+        down=[model(n.down_loss, w) for w in range(p)],
+        max_retries=n.max_retries, seed=scenario.seed,
+    )
+
+
+def add_stats(total: dict[str, Any], step: dict[str, Any]) -> None:
+    for key, value in step.items():
+        if isinstance(value, dict):
+            add_stats(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
 
 
 def run_path(
@@ -89,6 +119,8 @@ def run_path(
     ps = ParameterServer(
         model, rule, t.lr, t.momentum, t.weight_decay, t.milestones, t.gamma, t.nonfinite
     )
+    switch = build_switch(scenario) if path.via == "switch" else None
+    switch_totals: dict[str, Any] = {}
     honest = torch.ones(w.p, dtype=torch.bool)
     honest[byzantine] = False
 
@@ -99,10 +131,22 @@ def run_path(
         G, losses = pool.gradients()
         if gradient_attack is not None:
             G = gradient_attack(G, byz_index, attack_gen)
-        ps.step(G)
+        extra: dict[str, Any] = {}
+        if switch is None:
+            ps.step(G)
+        else:  # in-network streaming sum, then the PS only applies the update
+            tick = time.perf_counter()
+            total, stats = switch.allreduce(G.detach().to("cpu", torch.float32).numpy())
+            update = torch.from_numpy(total / w.p).to(device, torch.float32)
+            ps.aggregate_seconds += time.perf_counter() - tick
+            ps.apply(update)
+            step_stats = stats.as_dict()
+            add_stats(switch_totals, step_stats)
+            extra = {"retransmissions": step_stats["retransmissions"],
+                     "fallback_chunks": sum(step_stats["fallback_chunks"].values())}
         train_loss = float(losses.cpu()[honest].mean())
         record = {"path": path.name, "step": step, "train_loss": train_loss,
-                  "lr": ps.optimizer.param_groups[0]["lr"]}
+                  "lr": ps.optimizer.param_groups[0]["lr"], **extra}
         if step % t.eval_every == 0 or step == t.steps:
             accuracy, test_loss = evaluate(model, data.x_test, data.y_test)
             record.update(test_accuracy=accuracy, test_loss=test_loss)
@@ -117,6 +161,7 @@ def run_path(
         seconds_per_step=elapsed / t.steps,
         aggregate_seconds_per_step=ps.aggregate_seconds / t.steps,
         nonfinite_rows=ps.nonfinite_rows,
+        switch=switch_totals or None,
     )
 
 
