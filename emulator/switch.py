@@ -25,79 +25,86 @@ F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
 
 
-@numba.njit(cache=True, nogil=True)
-def _pipeline(job_id, p, pool_size, k, port_of_worker, table,
-              job, worker, shadow, slot, flags, exponent, count, ingress, values,
+@numba.njit(cache=True, parallel=True)
+def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
+              job, worker, shadow, slot, flags, exponent, count, ingress, source, rows,
               bitmap, counter, exp_reg, ovf_reg, regs,
-              out_kind, out_worker, out_slot, out_shadow, out_exp, out_ovf, out_values, drops):
-    n_out = 0
-    for i in range(job.shape[0]):
-        # parser and access checks: count every drop, never raise
-        if count[i] != k or (flags[i] & F_RESULT) != 0:
-            drops[MALFORMED] += 1
-            continue
-        if job[i] != job_id:
-            drops[UNKNOWN_JOB] += 1
-            continue
-        w = worker[i]
-        if w < 0 or w >= p:
-            drops[WORKER_RANGE] += 1
-            continue
-        if ingress[i] != port_of_worker[w]:
-            drops[WRONG_PORT] += 1
-            continue
-        s = slot[i]
-        if s < 0 or s >= pool_size or shadow[i] < 0 or shadow[i] > 1:
-            drops[SLOT_RANGE] += 1
-            continue
-        v = shadow[i]
-        idx = v * pool_size + s
-        # UpdateAndCheckWorkerBitmap: 64-bit entry, set v in bits [32v, 32v+32)
-        mine = np.uint64(1) << np.uint64(32 * v + w)
-        theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
-        entry = bitmap[s]
-        seen = 1 if (entry & mine) != 0 else 0
-        bitmap[s] = (entry | mine) & ~theirs
-        # WorkersCounter
-        c = counter[idx]
-        in_progress = 1 if (c > 0 and c < p) else 0
-        last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
-        action = table[seen, in_progress, last]
-        if action == ss.DROP_DUPLICATE:
-            continue
-        if action == ss.WRITE_FIRST or action == ss.WRITE_FIRST_AND_MULTICAST:
-            counter[idx] = 1
-            exp_reg[idx] = exponent[i]
-            ovf_reg[idx] = 0
-            for j in range(k):
-                regs[idx, j] = values[i, j]
-        elif action == ss.ADD or action == ss.ADD_AND_MULTICAST:
-            counter[idx] = c + 1
-            if exponent[i] > exp_reg[idx]:
+              out_kind, out_exp, out_ovf, out_values, drops):
+    """One pass of the program over a batch. Packet i's k values are source[rows[i]]
+    (the payloads are read in place, never gathered). Slots are independent state, so
+    the batch is processed by ``n_lanes`` threads (a power of two), lane q owning the
+    slots s with s mod n_lanes = q and seeing their packets in arrival order (invalid packets go to
+    lane i mod n_lanes). Output i (kind 0 = none) answers packet i."""
+    N = job.shape[0]
+    for q in numba.prange(n_lanes):
+        for i in range(N):
+            s = slot[i]
+            valid_slot = s >= 0 and s < pool_size and shadow[i] >= 0 and shadow[i] <= 1
+            owner = (s if valid_slot else i) & (n_lanes - 1)  # n_lanes is a power of two
+            if owner != q:
+                continue
+            out_kind[i] = 0
+            # parser and access checks: count every drop, never raise
+            if count[i] != k or (flags[i] & F_RESULT) != 0:
+                drops[q, MALFORMED] += 1
+                continue
+            if job[i] != job_id:
+                drops[q, UNKNOWN_JOB] += 1
+                continue
+            w = worker[i]
+            if w < 0 or w >= p:
+                drops[q, WORKER_RANGE] += 1
+                continue
+            if ingress[i] != port_of_worker[w]:
+                drops[q, WRONG_PORT] += 1
+                continue
+            if not valid_slot:
+                drops[q, SLOT_RANGE] += 1
+                continue
+            v = shadow[i]
+            idx = v * pool_size + s
+            # UpdateAndCheckWorkerBitmap: one 64-bit entry, set v in bits [32v, 32v+32)
+            mine = np.uint64(1) << np.uint64(32 * v + w)
+            theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
+            entry = bitmap[s]
+            seen = 1 if (entry & mine) != 0 else 0
+            bitmap[s] = (entry | mine) & ~theirs
+            # WorkersCounter
+            c = counter[idx]
+            in_progress = 1 if (c > 0 and c < p) else 0
+            last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
+            action = table[seen, in_progress, last]
+            if action == ss.DROP_DUPLICATE:
+                continue
+            r = rows[i]
+            if action == ss.WRITE_FIRST or action == ss.WRITE_FIRST_AND_MULTICAST:
+                counter[idx] = 1
                 exp_reg[idx] = exponent[i]
-            clipped = 0
-            for j in range(k):  # Processor: saturating int32 add per lane
-                t = np.int64(regs[idx, j]) + np.int64(values[i, j])
-                hi = t > INT32_MAX
-                lo = t < INT32_MIN
-                clipped |= hi | lo
-                t = INT32_MAX if hi else t
-                t = INT32_MIN if lo else t
-                regs[idx, j] = t
-            if clipped:
-                ovf_reg[idx] = 1
-        if action == ss.UNICAST_RESULT or action == ss.WRITE_FIRST_AND_MULTICAST \
-                or action == ss.ADD_AND_MULTICAST:
-            out_kind[n_out] = UNICAST if action == ss.UNICAST_RESULT else MULTICAST
-            out_worker[n_out] = w
-            out_slot[n_out] = s
-            out_shadow[n_out] = v
-            out_exp[n_out] = exp_reg[idx]
-            out_ovf[n_out] = ovf_reg[idx]
-            for j in range(k):
-                out_values[n_out, j] = regs[idx, j]
-            n_out += 1
-    return n_out
+                ovf_reg[idx] = 0
+                for j in range(k):
+                    regs[idx, j] = source[r, j]
+            elif action == ss.ADD or action == ss.ADD_AND_MULTICAST:
+                counter[idx] = c + 1
+                if exponent[i] > exp_reg[idx]:
+                    exp_reg[idx] = exponent[i]
+                clipped = 0
+                for j in range(k):  # Processor: saturating int32 add
+                    t = np.int64(regs[idx, j]) + np.int64(source[r, j])
+                    hi = t > INT32_MAX
+                    lo = t < INT32_MIN
+                    clipped |= hi | lo
+                    t = INT32_MAX if hi else t
+                    t = INT32_MIN if lo else t
+                    regs[idx, j] = t
+                if clipped:
+                    ovf_reg[idx] = 1
+            if action == ss.UNICAST_RESULT or action == ss.WRITE_FIRST_AND_MULTICAST \
+                    or action == ss.ADD_AND_MULTICAST:
+                out_kind[i] = UNICAST if action == ss.UNICAST_RESULT else MULTICAST
+                out_exp[i] = exp_reg[idx]
+                out_ovf[i] = ovf_reg[idx]
+                for j in range(k):
+                    out_values[i, j] = regs[idx, j]
 
 
 @dataclass
@@ -121,14 +128,20 @@ class SumSwitch:
     """One job's slot pool on a switch running :func:`p4_models.streaming_sum`.
 
     ``port_of_worker[w]`` is the ingress port worker w must arrive on (anti-spoofing).
+    ``lanes`` threads share the batch by slot (a power of two).
     """
 
     def __init__(self, p: int, k: int = 64, pool_size: int = 512, job: int = 0,
-                 port_of_worker: np.ndarray | None = None, target: Target = tofino1):
+                 port_of_worker: np.ndarray | None = None, target: Target = tofino1,
+                 lanes: int = 1):
         if not 1 <= p <= 32:
             raise ValueError(f"p must be in 1..32 (32-bit worker bitmap), got {p}")
         self.program: Program = streaming_sum(k, pool_size)
         self.report = self.program.report(target)
+        if lanes < 1 or lanes & (lanes - 1):
+            raise ValueError(f"lanes must be a power of two, got {lanes}")
+        # threads over disjoint slots; 1 measured fastest on a 2-core machine (BENCHMARKS.md)
+        self.lanes = lanes
         self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
         self.port_of_worker = (np.arange(p, dtype=np.int32) if port_of_worker is None
                                else np.asarray(port_of_worker, dtype=np.int32))
@@ -143,6 +156,7 @@ class SumSwitch:
         self.values = np.zeros((slots, k), dtype=np.int32)
         self.drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
         self.packets_in = 0
+        self._out = None
 
     def clear_set(self, shadow: int) -> None:
         """Control plane: reset every slot of one shadow set (after a failed window)."""
@@ -155,37 +169,46 @@ class SumSwitch:
         return dict(zip(DROP_REASONS, self.drops.tolist()))
 
     def process_native(self, h: dict[str, np.ndarray], values: np.ndarray,
-                       ingress: np.ndarray) -> Results:
-        """Run the pipeline on decoded packets (native arrays, see innet.protocol.decode)."""
+                       ingress: np.ndarray, rows: np.ndarray | None = None) -> Results:
+        """Run the pipeline on decoded packets (native arrays, see innet.protocol.decode).
+        With ``rows``, packet i's payload is ``values[rows[i]]`` (read in place)."""
         N = len(ingress)
         fields = ("job", "worker", "shadow", "slot", "flags", "exponent", "count")
         lengths = {name: len(h[name]) for name in fields}
-        if any(n != N for n in lengths.values()) or len(values) != N:
+        n_payloads = N if rows is None else len(rows)
+        if any(n != N for n in lengths.values()) or n_payloads != N:
             # the Numba loop does no bounds checks: refuse a batch that disagrees with itself
-            raise ValueError(f"batch arrays disagree in length: ingress {N}, values "
-                             f"{len(values)}, header {lengths}")
-        h = {name: np.ascontiguousarray(h[name], dtype=np.int32) for name in fields}
-        values = np.ascontiguousarray(values, dtype=np.int32)
-        ingress = np.ascontiguousarray(ingress, dtype=np.int32)
+            raise ValueError(f"batch arrays disagree in length: ingress {N}, payloads "
+                             f"{n_payloads}, header {lengths}")
         self.packets_in += N
         if values.ndim != 2 or values.shape[1] != self.k:
             # a batch of the wrong width cannot be parsed by this program at all
             self.drops[MALFORMED] += N
-            return self._results(np.zeros(0, np.int8), 0)
-        out = self._buffers(N)
-        n = _pipeline(self.job, self.p, self.pool_size, self.k, self.port_of_worker, self.table,
-                      h["job"], h["worker"], h["shadow"], h["slot"], h["flags"], h["exponent"],
-                      h["count"], ingress, values,
-                      self.bitmap, self.counter, self.exponent, self.overflow, self.values,
-                      *out, self.drops)
-        return Results(*(a[:n] for a in out))
+            return self._results(0)
+        rows = np.arange(N) if rows is None else np.asarray(rows, dtype=np.int64)
+        if N and (rows.min() < 0 or rows.max() >= len(values)):
+            raise ValueError("rows index outside the payload array")
+        h = {name: np.ascontiguousarray(h[name], dtype=np.int32) for name in fields}
+        kind, exp, ovf, out_values = self._output_buffers(N)
+        lanes = min(self.lanes, 1 << (numba.get_num_threads().bit_length() - 1))
+        drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
+        _pipeline(self.job, self.p, self.pool_size, self.k, self.port_of_worker, self.table,
+                  lanes, h["job"], h["worker"], h["shadow"], h["slot"], h["flags"],
+                  h["exponent"], h["count"], np.ascontiguousarray(ingress, dtype=np.int32),
+                  np.ascontiguousarray(values, dtype=np.int32), rows,
+                  self.bitmap, self.counter, self.exponent, self.overflow, self.values,
+                  kind, exp, ovf, out_values, drops)
+        self.drops += drops.sum(axis=0)
+        sent = np.flatnonzero(kind)
+        return Results(kind[sent], h["worker"][sent], h["slot"][sent], h["shadow"][sent],
+                       exp[sent], ovf[sent], out_values[sent])
 
     def process(self, packets: np.ndarray, ingress: np.ndarray) -> Results:
         """Run the pipeline on wire-format packets (structured array of packet_dtype)."""
         if packets.dtype != packet_dtype(self.k):
             self.drops[MALFORMED] += len(packets)
             self.packets_in += len(packets)
-            return self._results(np.zeros(0, np.int8), 0)
+            return self._results(0)
         h, values = decode(packets)
         return self.process_native(h, values, np.asarray(ingress, dtype=np.int32))
 
@@ -197,14 +220,18 @@ class SumSwitch:
         self.drops[MALFORMED] += len(frames) - len(good)
         self.packets_in += len(frames) - len(good)
         if not good:
-            return self._results(np.zeros(0, np.int8), 0)
+            return self._results(0)
         packets = np.frombuffer(b"".join(frames[i] for i in good), dtype=packet_dtype(self.k))
         return self.process(packets, np.asarray(ingress, dtype=np.int32)[good])
 
-    def _buffers(self, N: int):
-        return (np.zeros(N, np.int8), np.zeros(N, np.int32), np.zeros(N, np.int32),
-                np.zeros(N, np.int32), np.zeros(N, np.int32), np.zeros(N, np.uint8),
-                np.zeros((N, self.k), np.int32))
+    def _output_buffers(self, N: int):
+        """Per-packet output slots, kept between batches: a fresh (N, k) array would be
+        page-faulted in on every call, which cost more than the pipeline itself."""
+        if self._out is None or len(self._out[0]) < N:
+            self._out = (np.zeros(N, np.int8), np.zeros(N, np.int32), np.zeros(N, np.uint8),
+                         np.zeros((N, self.k), np.int32))
+        return tuple(a[:N] for a in self._out)
 
-    def _results(self, kind, n) -> Results:
-        return Results(*(a[:n] for a in self._buffers(0)))
+    def _results(self, n: int) -> Results:
+        empty = (np.int8, np.int32, np.int32, np.int32, np.int32, np.uint8)
+        return Results(*(np.zeros(n, t) for t in empty), np.zeros((n, self.k), np.int32))

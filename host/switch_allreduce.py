@@ -34,27 +34,9 @@ import numpy as np
 from emulator.network import Link, LinkModel
 from emulator.switch import MULTICAST, SumSwitch
 from innet.protocol import flag
+from innet.quant import EXP_MIN, INT32_MAX, chunk_exponents, quantize_chunks, scale_of
 
-INT32_MAX = 2**31 - 1
-EXP_MIN, EXP_MAX = -126, 127  # int8 field; float32's normal range
-
-
-def chunk_exponents(X: np.ndarray, k: int) -> np.ndarray:
-    """Per worker and chunk, the smallest e with 2^e ≥ max|x| (p, C) in [-126, 127]."""
-    p, n = X.shape
-    C = -(-n // k)
-    A = np.zeros((p, C * k), dtype=np.float32)
-    np.abs(X, out=A[:, :n])
-    peak = A.reshape(p, C, k).max(axis=2)
-    _, e = np.frexp(peak)  # peak = mant·2^e with mant in [0.5, 1): 2^e ≥ peak
-    e = np.where(peak > 0, e, EXP_MIN)
-    return np.clip(e, EXP_MIN, EXP_MAX).astype(np.int32)
-
-
-def scale_of(e: np.ndarray, p: int) -> np.ndarray:
-    """f = INT32_MAX / (p·2^e), float64."""
-    return INT32_MAX / (p * np.exp2(e.astype(np.float64)))
-
+__all__ = ["INT32_MAX", "AllreduceStats", "SwitchAllreduce", "chunk_exponents", "scale_of"]
 
 @dataclass
 class AllreduceStats:
@@ -125,9 +107,13 @@ class SwitchAllreduce:
             "exponent": e_next[w_idx[order], c_idx[order]].astype(np.int32),
             "count": np.full(n, k, np.int32),
         }
-        values = (np.zeros((n, k), np.int32) if preamble
-                  else Q[w_idx[order], c_idx[order]])
-        res = self.switch.process_native(h, values, np.concatenate(ingress))
+        if preamble:  # value-free packets: every payload is the same zero row
+            source, rows = np.zeros((1, k), np.int32), np.zeros(n, np.int64)
+        else:  # payloads stay where the quantiser wrote them; the switch reads in place
+            m = Q.shape[1]
+            source = Q.reshape(-1, k)
+            rows = w_idx[order].astype(np.int64) * m + c_idx[order]
+        res = self.switch.process_native(h, source, np.concatenate(ingress), rows)
         # down: multicast records go to every worker through its own link
         delivered = []
         for w in range(p):
@@ -191,33 +177,23 @@ class SwitchAllreduce:
             out[:n] = X.sum(axis=0, dtype=np.float64)
             return out[:n], stats
         P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
-        local_e = chunk_exponents(X, k)
         windows = -(-C // P)
-        pad_chunks = windows * P
-        e_pad = np.full((p, pad_chunks + P), EXP_MIN, np.int32)
-        e_pad[:, :C] = local_e
-        Xp = np.zeros((p, pad_chunks * k), np.float32)
-        Xp[:, :n] = X
+        e_pad = np.full((p, (windows + 1) * P), EXP_MIN, np.int32)
+        e_pad[:, :C] = chunk_exponents(X, k)
         # preamble: agree on window 0's exponents (value-free packets, PHASE flag)
         _, agreed, _, done = self._window(None, e_pad[:, :P], 0, P, True, stats)
-        if not done.all():
-            agreed = np.maximum(agreed, e_pad[:, :P].max(axis=0))  # fallback path knows all
+        agreed = np.where(done, agreed, e_pad[:, :P].max(axis=0))
         for b in range(windows):
             lo, hi = b * P, (b + 1) * P
-            f = scale_of(agreed, p)  # (P,)
-            # quantise this window (per chunk scale); honest |q| ≤ INT32_MAX/p
-            block = Xp[:, lo * k:hi * k].reshape(p, P, k).astype(np.float64)
-            q = np.rint(block * f[None, :, None])
-            np.clip(q, -INT32_MAX - 1, INT32_MAX, out=q)
-            Qb = q.astype(np.int32).reshape(p, P * k)
-            Qwin = Qb.reshape(p, P, k)
+            real = min(hi, C) - lo  # chunks of this window inside the vector
+            f = scale_of(agreed, p)
+            Qwin = quantize_chunks(X, lo, f, k)  # (p, P, k); honest |q| ≤ INT32_MAX/p
             result, next_e, ovf, done = self.reduce_window(Qwin, e_pad[:, hi:hi + P], b, stats)
-            sums = result.astype(np.float64) / f[:, None]
-            out[lo * k:min(hi, C) * k] = sums[: min(hi, C) - lo].reshape(-1)
-            bad = (ovf | ~done)[: min(hi, C) - lo]
-            stats.fallback_chunks["overflow"] += int((ovf & done)[: min(hi, C) - lo].sum())
-            stats.fallback_chunks["silent_worker"] += int((~done)[: min(hi, C) - lo].sum())
-            fallback[lo:min(hi, C)] = bad
+            sums = result[:real].astype(np.float64) / f[:real, None]
+            out[lo * k:(lo + real) * k] = sums.reshape(-1)
+            stats.fallback_chunks["overflow"] += int((ovf & done)[:real].sum())
+            stats.fallback_chunks["silent_worker"] += int((~done)[:real].sum())
+            fallback[lo:lo + real] = (ovf | ~done)[:real]
             agreed = np.where(done, next_e, e_pad[:, hi:hi + P].max(axis=0))
         if fallback.any():  # ATP-like: the PS sums the affected chunks in float
             cols = (np.flatnonzero(fallback)[:, None] * k + np.arange(k)).reshape(-1)

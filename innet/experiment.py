@@ -19,9 +19,9 @@ import tomli_w
 import torch
 from tqdm.auto import tqdm
 
+from emulator.network import LinkModel
 from host import data as datasets
 from host import models
-from emulator.network import LinkModel
 from host.ps import ParameterServer
 from host.switch_allreduce import SwitchAllreduce
 from host.worker import WorkerPool, evaluate

@@ -221,3 +221,16 @@ def test_native_batch_with_inconsistent_lengths_is_refused():
          ("job", "worker", "shadow", "slot", "flags", "exponent", "count")}
     with pytest.raises(ValueError, match="disagree in length"):
         sw.process_native(h, np.zeros((2, 4), np.int32), np.zeros(2, np.int32))
+
+
+def test_two_lanes_give_the_same_sums_as_one():
+    rng = np.random.default_rng(3)
+    p, P, k = 6, 16, 8
+    Q = rng.integers(-1000, 1000, size=(P * p, k)).astype(np.int32)
+    slot = np.repeat(np.arange(P), p)
+    worker = np.tile(np.arange(p), P)
+    h = header(P * p, worker=worker, slot=slot, count=np.full(P * p, k))
+    one = SumSwitch(p, k, P, lanes=1).process_native(h, Q, worker)
+    two = SumSwitch(p, k, P, lanes=2).process_native(h, Q, worker)
+    assert np.array_equal(one.values, two.values) and np.array_equal(one.slot, two.slot)
+    assert np.array_equal(one.values, Q.reshape(P, p, k).sum(axis=1))
