@@ -94,3 +94,28 @@ def test_default_run_reproduces_the_seeds_trend(tmp_path):
     assert hit["mean"]["final_test_accuracy"] <= 0.30
     assert hit["fa"]["final_test_accuracy"] >= 0.85
     assert ok["fa"]["final_test_accuracy"] - hit["fa"]["final_test_accuracy"] <= 0.03
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.01])
+def test_switch_mean_trains_like_ps_mean(tmp_path, loss):
+    """In-network streaming sum: same accuracy as the PS mean within quantisation noise,
+    with and without 1 % loss (recovered by retransmission, counted)."""
+    s = config.from_dict({
+        "workers": {"p": 15, "f": 0, "attack": "none"},
+        "training": {"steps": 60, "eval_every": 60},
+        "network": {"up_loss": loss, "down_loss": loss},
+        "paths": [{"rule": "mean"}, {"rule": "mean", "via": "switch"}],
+    })
+    out = experiment.run(s, str(tmp_path), progress=False)
+    ps, sw = out["mean"], out["switch:mean"]
+    assert abs(ps["final_test_accuracy"] - sw["final_test_accuracy"]) <= 0.01
+    assert abs(ps["final_train_loss"] - sw["final_train_loss"]) <= 1e-3
+    assert sum(sw["switch"]["fallback_chunks"].values()) == 0
+    assert (sw["switch"]["retransmissions"] > 0) == (loss > 0)
+
+
+def test_switch_path_rejects_rules_it_cannot_run(tmp_path):
+    with pytest.raises(config.ScenarioError, match=r"paths\[0\].rule: the switch path"):
+        config.from_dict({"paths": [{"rule": "median", "via": "switch"}]})
+    with pytest.raises(config.ScenarioError, match="network.up_loss"):
+        config.from_dict({"network": {"up_loss": 2.0}})
