@@ -66,8 +66,8 @@ class SwitchAllreduce:
                  up: LinkModel | list[LinkModel] | None = None,
                  down: LinkModel | list[LinkModel] | None = None,
                  max_retries: int = 20, seed: int = 0, job: int = 0):
-        self.p, self.k, self.pool_size, self.max_retries, self.job = p, k, pool_size, \
-            max_retries, job
+        self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
+        self.max_retries = max_retries
         self.switch = SumSwitch(p, k, max(pool_size, 1), job) if pool_size > 0 else None
 
         def links(model, offset):
@@ -83,7 +83,7 @@ class SwitchAllreduce:
         self.step = 0
 
     # -- one window of chunks ----------------------------------------------------------
-    def _round(self, Q, e_next, want, shadow, preamble, stats):
+    def _round(self, Q, e_next, want, shadow, preamble, retransmit, stats):
         """Send every wanted (worker, chunk) once; return per-worker deliveries."""
         p, k = self.p, self.k
         w_idx, c_idx = np.nonzero(want)
@@ -103,7 +103,8 @@ class SwitchAllreduce:
             "worker": w_idx[order].astype(np.int32),
             "shadow": np.full(n, shadow, np.int32),
             "slot": c_idx[order].astype(np.int32),
-            "flags": np.full(n, flag("PHASE") if preamble else 0, np.int32),
+            "flags": np.full(n, (flag("PHASE") if preamble else 0)
+                             | (flag("RETRANSMIT") if retransmit else 0), np.int32),
             "exponent": e_next[w_idx[order], c_idx[order]].astype(np.int32),
             "count": np.full(n, k, np.int32),
         }
@@ -138,7 +139,7 @@ class SwitchAllreduce:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 stats.retransmissions += int(want[live].sum())
-            res, delivered = self._round(Q, e_next, want, shadow, preamble, stats)
+            res, delivered = self._round(Q, e_next, want, shadow, preamble, attempt > 0, stats)
             stats.rounds += 1
             for w in range(p):
                 recs = delivered[w]
