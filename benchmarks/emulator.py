@@ -27,8 +27,9 @@ import numpy as np  # noqa: E402
 
 from emulator.network import LinkModel  # noqa: E402
 from emulator.switch import SumSwitch  # noqa: E402
-from host.switch_allreduce import INT32_MAX, SwitchAllreduce  # noqa: E402
+from host.switch_allreduce import SwitchAllreduce  # noqa: E402
 from innet.protocol import decode, encode  # noqa: E402
+from innet.quant import INT32_MAX  # noqa: E402
 
 BMV2_PPS = 80_000
 

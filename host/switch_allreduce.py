@@ -34,9 +34,8 @@ import numpy as np
 from emulator.network import Link, LinkModel
 from emulator.switch import MULTICAST, SumSwitch
 from innet.protocol import flag
-from innet.quant import EXP_MIN, INT32_MAX, chunk_exponents, quantize_chunks, scale_of
+from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
 
-__all__ = ["INT32_MAX", "AllreduceStats", "SwitchAllreduce", "chunk_exponents", "scale_of"]
 
 @dataclass
 class AllreduceStats:

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 from emulator.network import Link, LinkModel
 from emulator.switch import DROP_REASONS, MULTICAST, UNICAST, SumSwitch
-from host.switch_allreduce import INT32_MAX, SwitchAllreduce, chunk_exponents, scale_of
+from host.switch_allreduce import SwitchAllreduce
 from innet.protocol import encode, flag, packet_dtype
+from innet.quant import INT32_MAX, chunk_exponents, scale_of
 from p4_models import streaming_sum, tofino1, tofino2
 
 
