@@ -1,8 +1,11 @@
 """Links that lose, duplicate and reorder packets, seeded per link.
 
 A link maps the positions of a batch of packets to the positions that arrive, in
-arrival order (positions may repeat: duplicates). Everything is vectorised with
-numpy; the Gilbert–Elliott chain runs in a small Numba loop.
+arrival order (positions may repeat: duplicates). The per-packet fate is drawn in a
+Numba kernel (:func:`transmit_into`) from a small counter-based generator
+(SplitMix64) whose state lives in the link's state vector, so the same kernel serves
+the Python :class:`Link` and the compiled allreduce rounds in ``host.switch_allreduce``
+with identical streams.
 """
 
 from __future__ import annotations
@@ -12,19 +15,104 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+# parameter vector of one link (float64)
+P_LOSS, P_BURST, P_GB, P_BG, P_LOSS_GOOD, P_LOSS_BAD, P_DUP, P_REORDER, P_DOWN_FROM, \
+    P_DOWN_TO, P_LOSSLESS = range(11)
+N_PARAMS = 11
+# state vector of one link (int64): generator, Gilbert–Elliott state, counters
+S_RNG, S_BAD, S_BATCHES, S_SENT, S_LOST, S_DUPLICATED = range(6)
+N_STATE = 6
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TO_UNIT = 1.0 / 9007199254740992.0  # 2^-53
+
+
+@numba.njit(cache=True, inline="always")
+def uniform(state):
+    """Next U[0, 1) of the SplitMix64 stream kept in state[S_RNG] (wrapping uint64)."""
+    x = np.uint64(state[S_RNG]) + _GOLDEN
+    state[S_RNG] = np.int64(x)
+    z = (x ^ (x >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) * _TO_UNIT
+
 
 @numba.njit(cache=True)
-def _gilbert_elliott(u_state, u_loss, p_gb, p_bg, loss_good, loss_bad, start_bad):
-    n = u_state.shape[0]
-    lost = np.zeros(n, dtype=np.bool_)
-    bad = start_bad
-    for i in range(n):
-        lost[i] = u_loss[i] < (loss_bad if bad else loss_good)
-        if bad:
-            bad = not (u_state[i] < p_bg)
-        else:
-            bad = u_state[i] < p_gb
-    return lost, bad
+def transmit_into(params, state, n, out, keys):
+    """Fate of a batch of n packets on one link: writes the arriving positions, in
+    arrival order, to out[:count] and returns count. out and keys need 2n entries."""
+    batch = state[S_BATCHES]
+    state[S_BATCHES] += 1
+    state[S_SENT] += n
+    if params[P_LOSSLESS] != 0.0:
+        for i in range(n):
+            out[i] = i
+        return n
+    if params[P_DOWN_FROM] <= batch < params[P_DOWN_TO]:  # failed port
+        state[S_LOST] += n
+        return 0
+    count = 0
+    bad = state[S_BAD] != 0
+    burst = params[P_BURST] != 0.0
+    q = params[P_LOSS]
+    simple = not burst and params[P_DUP] == 0.0
+    log_keep = np.log1p(-q) if simple and 0.0 < q < 1.0 else 0.0
+    if simple and log_keep == 0.0 and q < 0.5:  # loss too rare to ever draw: lossless
+        for i in range(n):
+            out[i] = i
+        count = n
+    elif simple and log_keep < 0.0:
+        # Bernoulli loss without duplication: jump from loss to loss with geometric
+        # gaps (one draw per lost packet instead of one per packet)
+        i = 0
+        while i < n:
+            gap = np.log(1.0 - uniform(state)) / log_keep  # >= 0, maybe huge or inf
+            stop = i + int(gap) if gap < n - i else n
+            for j in range(i, stop):
+                out[count] = j
+                count += 1
+            if stop >= n:
+                break
+            state[S_LOST] += 1  # packet `stop` is lost
+            i = stop + 1
+    else:
+        for i in range(n):
+            if burst:  # Gilbert–Elliott: loss by state, then the state moves
+                lost = uniform(state) < (params[P_LOSS_BAD] if bad else params[P_LOSS_GOOD])
+                u = uniform(state)
+                bad = (u >= params[P_BG]) if bad else (u < params[P_GB])
+            else:
+                lost = q > 0.0 and uniform(state) < q
+            if lost:
+                state[S_LOST] += 1
+                continue
+            out[count] = i
+            count += 1
+            if params[P_DUP] > 0.0 and uniform(state) < params[P_DUP]:
+                out[count] = i
+                count += 1
+                state[S_DUPLICATED] += 1
+    state[S_BAD] = 1 if bad else 0
+    reorder = params[P_REORDER]
+    if reorder > 0.0 and count > 1:  # bounded reordering: jitter each position by < reorder
+        for j in range(count):
+            keys[j] = j + reorder * uniform(state)
+        order = np.argsort(keys[:count], kind="mergesort")
+        tmp = out[:count].copy()
+        for j in range(count):
+            out[j] = tmp[order[j]]
+    return count
+
+
+def seed_state(seed: int) -> np.ndarray:
+    state = np.zeros(N_STATE, dtype=np.int64)
+    # spread small consecutive seeds over the generator's period
+    mixed = ((seed & 0xFFFFFFFFFFFFFFFF) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    state[S_RNG] = mixed - (1 << 64) if mixed >= 1 << 63 else mixed
+    return state
 
 
 @dataclass
@@ -54,46 +142,54 @@ class LinkModel:
         if self.burst is not None and (len(self.burst) != 4
                                        or not all(0.0 <= x <= 1.0 for x in self.burst)):
             raise ValueError(f"link.burst must be 4 probabilities, got {self.burst}")
+        if self.down_between is not None and (len(self.down_between) != 2
+                                              or self.down_between[0] > self.down_between[1]):
+            raise ValueError(f"link.down_between must be (start, stop), got {self.down_between}")
 
     @property
     def lossless(self) -> bool:
         return (self.loss == 0 and self.burst is None and self.duplicate == 0
                 and self.reorder == 0 and self.down_between is None)
 
+    def params(self) -> np.ndarray:
+        v = np.zeros(N_PARAMS, dtype=np.float64)
+        v[P_LOSS], v[P_DUP], v[P_REORDER] = self.loss, self.duplicate, self.reorder
+        if self.burst is not None:
+            v[P_BURST] = 1.0
+            v[P_GB], v[P_BG], v[P_LOSS_GOOD], v[P_LOSS_BAD] = self.burst
+        v[P_DOWN_FROM], v[P_DOWN_TO] = self.down_between or (-1, -1)
+        v[P_LOSSLESS] = float(self.lossless)
+        return v
+
 
 class Link:
-    """A seeded instance of a :class:`LinkModel`."""
+    """A seeded instance of a :class:`LinkModel` (its state is a small int64 vector)."""
 
     def __init__(self, model: LinkModel, seed: int):
         self.model = model
-        self.rng = np.random.default_rng(seed)
-        self.bad_state = False
-        self.batches = 0
-        self.sent = self.lost = self.duplicated = 0
+        self.params = model.params()
+        self.state = seed_state(seed)
+
+    sent = property(lambda self: int(self.state[S_SENT]))
+    lost = property(lambda self: int(self.state[S_LOST]))
+    duplicated = property(lambda self: int(self.state[S_DUPLICATED]))
+    batches = property(lambda self: int(self.state[S_BATCHES]))
 
     def transmit(self, n: int) -> np.ndarray:
         """Positions (into a batch of n packets) that arrive, in arrival order."""
-        m, batch = self.model, self.batches
-        self.batches += 1
-        self.sent += n
-        if m.lossless or n == 0:
-            return np.arange(n)
-        if m.down_between is not None and m.down_between[0] <= batch < m.down_between[1]:
-            self.lost += n
-            return np.arange(0)
-        if m.burst is not None:
-            lost, self.bad_state = _gilbert_elliott(
-                self.rng.random(n), self.rng.random(n), *m.burst, self.bad_state)
-        else:
-            lost = self.rng.random(n) < m.loss if m.loss > 0 else np.zeros(n, bool)
-        keep = np.flatnonzero(~lost)
-        self.lost += n - len(keep)
-        if m.duplicate > 0:
-            dup = keep[self.rng.random(len(keep)) < m.duplicate]
-            self.duplicated += len(dup)
-            keep = np.concatenate([keep, dup])
-            keep.sort(kind="stable")
-        if m.reorder > 0:  # bounded reordering: jitter every position by < reorder slots
-            key = np.arange(len(keep)) + self.rng.uniform(0, m.reorder, len(keep))
-            keep = keep[np.argsort(key, kind="stable")]
-        return keep
+        out = np.empty(2 * n, dtype=np.int64)
+        keys = np.empty(2 * n, dtype=np.float64)
+        count = transmit_into(self.params, self.state, n, out, keys)
+        return out[:count].copy()
+
+
+def link_arrays(links: list[Link]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the parameter and state vectors of links for the compiled rounds. The
+    state array is a copy: write it back with :func:`store_states`."""
+    return (np.stack([link.params for link in links]),
+            np.stack([link.state for link in links]))
+
+
+def store_states(links: list[Link], states: np.ndarray) -> None:
+    for link, row in zip(links, states):
+        link.state[:] = row

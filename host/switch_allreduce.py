@@ -3,21 +3,39 @@ over lossy links, a switch slot pool, retransmission, reassembly, dequantisation
 the ATP-like fallback to the parameter server.
 
 The p workers of a job send chunk after chunk of k values; the job's pool has
-``pool_size`` slots per shadow set and chunk c uses slot c mod pool_size in set
-(c div pool_size) mod 2. The workers move through the chunks one window
-(``pool_size`` chunks) at a time: every *round* each worker (re)sends the chunks of
-the window whose result it has not received; a round is one batched call into the
-switch, so the per-packet work stays in numpy and Numba. A worker that misses a
-result retransmits after a timeout (the next round); the switch answers a
+``pool_size`` slots per shadow set and chunk c uses slot c mod pool_size; every use
+of a slot flips it to the other shadow set (the workers keep one set bit per slot,
+across windows and steps, as SwitchML does), so a stale result of the slot's previous
+use is never mistaken for the current one. The workers move through the chunks one window
+(``pool_size`` chunks) at a time. Every *round* each live worker (re)sends the chunks
+of the window whose result it has not received; the links decide which packets arrive
+and in which order (the p links are interleaved packet by packet at the switch), the
+switch answers, and the multicast/unicast results cross the down links. A worker that
+misses a result retransmits after a timeout (the next round); the switch answers a
 retransmission to a finished slot with the kept result (unicast) and ignores one to a
 filling slot, so no contribution is counted twice.
+
+Two engines run the same protocol:
+
+* the compiled engine (default): one Numba call per window runs every round — links
+  (:func:`emulator.network.transmit_into`), the switch program
+  (:func:`emulator.switch.switch_packet`, in slot lanes on all cores), delivery and
+  reassembly; payloads are read in place from the workers' send buffer. Result
+  packets refer to their slot's registers rather than copying them: a slot's
+  registers cannot change once it completes within its window (every later packet
+  to it is a retransmission, answered by unicast), so the values are the same.
+* the wire engine (``wire=True``): every round is encoded in the wire format
+  (:mod:`innet.protocol`), run through :meth:`SumSwitch.process`, and the results are
+  encoded as RESULT packets; ``capture`` keeps them for a pcap. Slow; for inspection
+  and as a cross-check of the compiled engine.
 
 Quantisation (SwitchML, REFERENCE §4.1): chunk c is sent as q = round(x·f_c) with
 f_c = INT32_MAX / (p·2^e_c) and 2^e_c ≥ max over workers of |x| in the chunk. The
 exponent is agreed one window ahead through the switch: every packet of window b
 carries the worker's local exponent for the same slot of window b+1, the switch
 keeps the max, and the result returns it. Window 0's exponents come from a preamble
-round of value-free packets. With honest inputs the int32 sum cannot overflow.
+round of value-free packets (PHASE flag). With honest inputs the int32 sum cannot
+overflow.
 
 Fallback: chunks whose result came back with the overflow flag, chunks of a window
 still unfinished after ``max_retries`` timeouts (a silent worker), and all chunks
@@ -29,12 +47,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
-from emulator.network import Link, LinkModel
-from emulator.switch import MULTICAST, SumSwitch
-from innet.protocol import flag
+from emulator.network import Link, LinkModel, link_arrays, store_states, transmit_into
+from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, switch_packet
+from innet.protocol import decode, encode, flag
 from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
+
+# counters the kernel keeps (stats vector)
+ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS = range(6)
+# one row per round: packets sent on the busiest up link / down link, totals, retransmit?
+LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT = range(5)
+F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
+PAYLOAD_Q, PAYLOAD_ZERO = 0, 1
 
 
 @dataclass
@@ -48,9 +74,178 @@ class AllreduceStats:
     fallback_chunks: dict[str, int] = field(
         default_factory=lambda: {"overflow": 0, "silent_worker": 0, "no_slots": 0})
     switch_drops: dict[str, int] = field(default_factory=dict)
+    #: per round: (busiest up link, busiest down link, packets up, packets down,
+    #: retransmission round?) — the time model's input
+    round_log: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        self.rounds += int(counts[ROUNDS])
+        self.packets_up += int(counts[PACKETS_UP])
+        self.packets_down += int(counts[PACKETS_DOWN])
+        self.retransmissions += int(counts[RETRANSMISSIONS])
+        self.results_lost += int(counts[RESULTS_LOST])
+        self.duplicate_results += int(counts[DUPLICATE_RESULTS])
 
     def as_dict(self) -> dict:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
+        out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
+        out.pop("round_log")
+        return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
+                   bitmap, counter, exp_reg, ovf_reg, regs, drops,
+                   mode, Q, e_next, m, shadow, base_flags, live,
+                   max_retries, up_params, up_state, down_params, down_state,
+                   result, res_exp, res_ovf, have, want, counts, round_log):
+    """Every round of one window (see the module docstring); returns the rounds run.
+
+    mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_ZERO:
+    no values (the exponent preamble). Links and
+    workers are independent, so the up and down phases run in parallel over workers
+    (each link's stream is sequential: results do not depend on the thread count)."""
+    sent = np.zeros(p, np.int64)  # per worker, this round
+    arrived = np.zeros(p, np.int64)
+    down_sent = np.zeros(p, np.int64)
+    lost = np.zeros(p, np.int64)
+    dup = np.zeros(p, np.int64)
+    per_link = np.empty((p, 2 * m), np.int32)  # chunk ids in arrival order, per up link
+    out_kind = np.zeros((p, 2 * m), np.int8)  # the switch's answer to each of them
+    out_idx = np.zeros((p, 2 * m), np.int32)
+    pos = np.empty((p, 2 * m), np.int64)
+    keys = np.empty((p, 2 * m), np.float64)
+    scratch = np.zeros((n_lanes, k), np.int32)
+    pend = np.empty((p, m), np.int32)  # per worker: chunks it may still want
+    n_pend = np.full(p, m, np.int64)
+    for w in range(p):
+        for c in range(m):
+            pend[w, c] = c
+    rec_kind = np.empty(2 * p * m, np.int8)
+    rec_idx = np.empty(2 * p * m, np.int32)
+    rec_dest = np.empty(2 * p * m, np.int32)
+    rounds = 0
+    for attempt in range(max_retries + 1):
+        flags = base_flags | (F_RETRANSMIT if attempt > 0 else 0)
+        # -- up: each live worker sends its wanted chunks through its link
+        for w in numba.prange(p):
+            sent[w] = 0
+            arrived[w] = 0
+            if live[w]:
+                n_w = 0
+                for i in range(n_pend[w]):  # the chunks still wanted, ascending
+                    c = pend[w, i]
+                    if want[w, c]:
+                        pend[w, n_w] = c
+                        per_link[w, n_w] = c
+                        n_w += 1
+                n_pend[w] = n_w
+                got = transmit_into(up_params[w], up_state[w], n_w, pos[w], keys[w])
+                for j in range(got):
+                    pos[w, j] = per_link[w, pos[w, j]]
+                for j in range(got):
+                    per_link[w, j] = pos[w, j]
+                sent[w] = n_w
+                arrived[w] = got
+        longest = arrived.max()
+        # -- the switch, in slot lanes; the links interleave packet by packet
+        for q in numba.prange(n_lanes):
+            for t in range(longest):
+                for w in range(p):
+                    if t >= arrived[w]:
+                        continue
+                    c = per_link[w, t]
+                    if ((c >> 6) & (n_lanes - 1)) != q:
+                        continue
+                    if mode == PAYLOAD_Q:  # read in place: Q is (p·m, k)
+                        kind, idx = switch_packet(
+                            job_id, p, pool_size, k, port_of_worker, table,
+                            job_id, w, shadow[c], c, flags, e_next[w, c], k, port_of_worker[w],
+                            Q, w * m + c, bitmap, counter, exp_reg, ovf_reg, regs, drops, q)
+                    else:
+                        kind, idx = switch_packet(
+                            job_id, p, pool_size, k, port_of_worker, table,
+                            job_id, w, shadow[c], c, flags, e_next[w, c], k, port_of_worker[w],
+                            scratch, q, bitmap, counter, exp_reg, ovf_reg, regs, drops, q)
+                    out_kind[w, t] = kind
+                    out_idx[w, t] = idx
+        n_rec = 0
+        for t in range(longest):  # the result packets, in arrival order
+            for w in range(p):
+                if t < arrived[w] and out_kind[w, t] > 0:
+                    rec_kind[n_rec] = out_kind[w, t]
+                    rec_idx[n_rec] = out_idx[w, t]
+                    rec_dest[n_rec] = w
+                    n_rec += 1
+        # -- down: multicast results reach every port, unicasts their worker
+        mine = np.empty((p, n_rec), np.int64)  # the records one down link carries
+        dpos = np.empty((p, 2 * n_rec), np.int64)
+        dkeys = np.empty((p, 2 * n_rec), np.float64)
+        mark = np.zeros((p, n_rec), np.int8)
+        for w in numba.prange(p):
+            n_w = 0
+            for r in range(n_rec):
+                if rec_kind[r] == MULTICAST or rec_dest[r] == w:
+                    mine[w, n_w] = r
+                    n_w += 1
+            down_sent[w] = n_w
+            lost[w] = 0
+            dup[w] = 0
+            if not live[w]:
+                continue
+            got = transmit_into(down_params[w], down_state[w], n_w, dpos[w], dkeys[w])
+            delivered = 0
+            for j in range(got):
+                r = mine[w, dpos[w, j]]
+                if mark[w, r] == 0:  # duplicates of a record count once as delivered
+                    mark[w, r] = 1
+                    delivered += 1
+                s = rec_idx[r] % pool_size
+                if want[w, s]:
+                    want[w, s] = False
+                else:
+                    dup[w] += 1  # a copy it already has: dropped
+            lost[w] = n_w - delivered
+            for j in range(got):
+                mark[w, mine[w, dpos[w, j]]] = 0
+        counts[PACKETS_UP] += sent.sum()
+        counts[PACKETS_DOWN] += down_sent.sum()
+        counts[RESULTS_LOST] += lost.sum()
+        counts[DUPLICATE_RESULTS] += dup.sum()
+        if attempt > 0:
+            counts[RETRANSMISSIONS] += sent.sum()
+        round_log[rounds, LOG_UP_MAX] = sent.max()
+        round_log[rounds, LOG_DOWN_MAX] = down_sent.max()
+        round_log[rounds, LOG_UP] = sent.sum()
+        round_log[rounds, LOG_DOWN] = down_sent.sum()
+        round_log[rounds, LOG_RETRANSMIT] = 1 if attempt > 0 else 0
+        rounds += 1
+        counts[ROUNDS] += 1
+        pending = False
+        for w in range(p):
+            if live[w]:
+                for i in range(n_pend[w]):
+                    if want[w, pend[w, i]]:
+                        pending = True
+                        break
+            if pending:
+                break
+        if not pending:
+            break
+    # reassembly: a result packet carries its slot's registers, which cannot change
+    # once the slot completes within the window (see the module docstring)
+    for s in range(m):
+        got_it = False
+        for w in range(p):
+            if live[w] and not want[w, s]:
+                got_it = True
+        if got_it:
+            idx = shadow[s] * pool_size + s
+            for j in range(k):
+                result[s, j] = regs[idx, j]
+            res_exp[s] = exp_reg[idx]
+            res_ovf[s] = ovf_reg[idx]
+            have[s] = True
+    return rounds
 
 
 class SwitchAllreduce:
@@ -58,16 +253,19 @@ class SwitchAllreduce:
 
     ``up`` / ``down``: one :class:`LinkModel` per worker (or one for all) for the
     worker→switch and switch→worker directions. ``pool_size=0`` models a job that got
-    no slots (everything falls back).
+    no slots (everything falls back). ``wire=True`` runs the slow wire-format engine;
+    ``capture`` (with ``wire``) keeps up to that many packets for :meth:`captured`.
     """
 
     def __init__(self, p: int, k: int = 64, pool_size: int = 512,
                  up: LinkModel | list[LinkModel] | None = None,
                  down: LinkModel | list[LinkModel] | None = None,
-                 max_retries: int = 20, seed: int = 0, job: int = 0):
+                 max_retries: int = 20, seed: int = 0, job: int = 0,
+                 lanes: int | None = None, wire: bool = False, capture: int = 0):
         self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
         self.max_retries = max_retries
-        self.switch = SumSwitch(p, k, max(pool_size, 1), job) if pool_size > 0 else None
+        self.switch = (SumSwitch(p, k, max(pool_size, 1), job, lanes=lanes)
+                       if pool_size > 0 else None)
 
         def links(model, offset):
             models = model if isinstance(model, list) else [model or LinkModel()] * p
@@ -80,128 +278,183 @@ class SwitchAllreduce:
         #: optional f(Q, window) -> Q: what Byzantine workers do to the integers they send
         self.tamper = None
         self.step = 0
+        self.wire = wire
+        self.capture = capture
+        self._captured: list[np.ndarray] = []
+        self._set = np.zeros(max(pool_size, 1), np.int32)  #: next shadow set of each slot
+        self._send: np.ndarray | None = None
 
     # -- one window of chunks ----------------------------------------------------------
-    def _round(self, Q, e_next, want, shadow, preamble, retransmit, stats):
-        """Send every wanted (worker, chunk) once; return per-worker deliveries."""
-        p, k = self.p, self.k
-        w_idx, c_idx = np.nonzero(want)
-        keep = ~np.isin(w_idx, list(self.silent)) if self.silent else slice(None)
-        w_idx, c_idx = w_idx[keep], c_idx[keep]
-        arrivals, ingress = [], []
-        for w in range(p):  # per link: one vectorised transmit call
-            mine = np.flatnonzero(w_idx == w)
-            got = mine[self.up[w].transmit(len(mine))]
-            arrivals.append(got)
-            ingress.append(np.full(len(got), w, dtype=np.int32))
-        order = np.concatenate(arrivals)
-        n = len(order)
-        stats.packets_up += len(w_idx)
-        h = {
-            "job": np.full(n, self.job, np.int32),
-            "worker": w_idx[order].astype(np.int32),
-            "shadow": np.full(n, shadow, np.int32),
-            "slot": c_idx[order].astype(np.int32),
-            "flags": np.full(n, (flag("PHASE") if preamble else 0)
-                             | (flag("RETRANSMIT") if retransmit else 0), np.int32),
-            "exponent": e_next[w_idx[order], c_idx[order]].astype(np.int32),
-            "count": np.full(n, k, np.int32),
-        }
-        if preamble:  # value-free packets: every payload is the same zero row
-            source, rows = np.zeros((1, k), np.int32), np.zeros(n, np.int64)
-        else:  # payloads stay where the quantiser wrote them; the switch reads in place
-            m = Q.shape[1]
-            source = Q.reshape(-1, k)
-            rows = w_idx[order].astype(np.int64) * m + c_idx[order]
-        res = self.switch.process_native(h, source, np.concatenate(ingress), rows)
-        # down: multicast records go to every worker through its own link
-        delivered = []
-        for w in range(p):
-            records = np.flatnonzero((res.kind == MULTICAST) | (res.worker == w))
-            arrived = records[self.down[w].transmit(len(records))]
-            stats.results_lost += len(records) - len(np.unique(arrived))
-            delivered.append(arrived)
-            stats.packets_down += len(records)
-        return res, delivered
-
-    def _window(self, Q, e_next, window, n_chunks, preamble, stats):
+    def _window(self, mode, Q, e_next, m, stats):
         """Run rounds until every live worker has every result of the window, or until
-        the retries run out. Returns (values (n_chunks, k), exponent, overflow, done)."""
-        p, k = self.p, self.k
-        shadow = 1 if preamble else window % 2  # preamble, then sets 0, 1, 0, …
-        want = np.ones((p, n_chunks), dtype=bool)
-        result = np.zeros((n_chunks, k), np.int32)
-        exp = np.zeros(n_chunks, np.int32)
-        ovf = np.zeros(n_chunks, bool)
-        have = np.zeros(n_chunks, bool)
+        the retries run out. Returns (values (m, k), exponent, overflow, done)."""
+        p, k, sw = self.p, self.k, self.switch
+        preamble = mode == PAYLOAD_ZERO
+        shadow = self._set[:m].copy()  # this use of each slot
+        self._set[:m] ^= 1
+        want = np.ones((p, m), dtype=bool)
+        result = np.zeros((m, k), np.int32)
+        exp = np.zeros(m, np.int32)
+        ovf = np.zeros(m, np.uint8)
+        have = np.zeros(m, bool)
         live = np.array([w not in self.silent for w in range(p)])
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                stats.retransmissions += int(want[live].sum())
-            res, delivered = self._round(Q, e_next, want, shadow, preamble, attempt > 0, stats)
-            stats.rounds += 1
-            for w in range(p):
-                recs = delivered[w]
-                slots = res.slot[recs]
-                slots, first = np.unique(slots, return_index=True)
-                recs = recs[first]
-                fresh = want[w, slots]
-                stats.duplicate_results += len(delivered[w]) - int(fresh.sum())  # dropped
-                recs, slots = recs[fresh], slots[fresh]
-                want[w, slots] = False
-                new = ~have[slots]
-                result[slots[new]] = res.values[recs[new]]
-                exp[slots[new]] = res.exponent[recs[new]]
-                ovf[slots[new]] = res.overflow[recs[new]] != 0
-                have[slots[new]] = True
-            if not want[live].any():
-                break
+        base_flags = F_PHASE if preamble else 0
+        if self.wire:
+            self._wire_window(mode, Q, e_next, m, shadow, base_flags, live,
+                              result, exp, ovf, have, want, stats)
+        else:
+            up_params, up_state = link_arrays(self.up)
+            down_params, down_state = link_arrays(self.down)
+            counts = np.zeros(6, np.int64)
+            log = np.zeros((self.max_retries + 1, 5), np.int64)
+            lanes = min(sw.lanes, 1 << (numba.get_num_threads().bit_length() - 1))
+            drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
+            Qa = (np.ascontiguousarray(Q, dtype=np.int32).reshape(-1, k) if mode == PAYLOAD_Q
+                  else np.zeros((1, k), np.int32))
+            rounds = _window_kernel(
+                self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table, lanes,
+                sw.bitmap, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
+                mode, Qa, np.ascontiguousarray(e_next, dtype=np.int32), m, shadow, base_flags, live,
+                self.max_retries, up_params, up_state, down_params, down_state,
+                result, exp, ovf, have, want, counts, log)
+            store_states(self.up, up_state)
+            store_states(self.down, down_state)
+            sw.drops += drops.sum(axis=0)
+            sw.packets_in += int(log[:rounds, LOG_UP].sum())
+            stats.add_counts(counts)
+            stats.round_log.extend(tuple(int(x) for x in row) for row in log[:rounds])
         done = ~want[live].any(axis=0) & have
         if not done.all():  # control plane: free the stuck slots before the set is reused
-            self.switch.clear_set(shadow)
-        return result, exp, ovf, done
+            stuck = np.flatnonzero(~done)
+            sw.clear_slots(stuck, shadow[stuck])
+        return result, exp, ovf != 0, done
+
+    def _wire_window(self, mode, Q, e_next, m, shadow, base_flags, live,
+                     result, exp, ovf, have, want, stats):
+        """The same rounds with every packet in the wire format (slow path)."""
+        p, k, sw = self.p, self.k, self.switch
+        for attempt in range(self.max_retries + 1):
+            arrivals = []
+            for w in np.flatnonzero(live):
+                mine = np.flatnonzero(want[w])
+                if attempt:
+                    stats.retransmissions += len(mine)
+                stats.packets_up += len(mine)
+                arrivals.append(np.stack([np.full(len(mine), w), mine])[
+                    :, self.up[w].transmit(len(mine))])
+            merged = np.concatenate(arrivals, axis=1) if arrivals else np.zeros((2, 0), int)
+            # interleave the links packet by packet: order by position within each link
+            rank = np.concatenate([np.arange(a.shape[1]) for a in arrivals]) if arrivals \
+                else np.zeros(0, int)
+            w_idx, c_idx = merged[:, np.argsort(rank, kind="stable")]
+            values = (np.zeros((len(w_idx), k), np.int32) if mode == PAYLOAD_ZERO
+                      else Q[w_idx, c_idx])
+            flags = base_flags | (F_RETRANSMIT if attempt else 0)
+            packets = encode({"job": np.full(len(w_idx), self.job), "worker": w_idx,
+                              "step": np.full(len(w_idx), self.step), "packet_id": c_idx,
+                              "shadow": shadow[c_idx], "slot": c_idx,
+                              "flags": np.full(len(w_idx), flags),
+                              "exponent": e_next[w_idx, c_idx]}, values)
+            self._keep(packets)
+            res = sw.process(packets, sw.port_of_worker[w_idx])
+            down = encode({"job": np.full(len(res), self.job), "worker": res.worker,
+                           "step": np.full(len(res), self.step), "packet_id": res.slot,
+                           "shadow": res.shadow, "slot": res.slot,
+                           "flags": flag("RESULT") | np.where(res.overflow != 0,
+                                                              flag("OVERFLOW"), 0),
+                           "exponent": res.exponent}, res.values)
+            self._keep(down)
+            dh, dvalues = decode(down)  # what the workers parse
+            stats.rounds += 1
+            for w in range(p):
+                records = np.flatnonzero((res.kind == MULTICAST) | (res.worker == w))
+                stats.packets_down += len(records)
+                if not live[w]:
+                    continue
+                arrived = records[self.down[w].transmit(len(records))]
+                stats.results_lost += len(records) - len(np.unique(arrived))
+                for r in arrived:
+                    s = int(dh["slot"][r])
+                    if not want[w, s]:
+                        stats.duplicate_results += 1
+                        continue
+                    want[w, s] = False
+                    if not have[s]:
+                        result[s] = dvalues[r]
+                        exp[s], have[s] = dh["exponent"][r], True
+                        ovf[s] = (dh["flags"][r] & flag("OVERFLOW")) != 0
+            if not want[live].any():
+                break
+
+    def _keep(self, packets: np.ndarray) -> None:
+        room = self.capture - sum(len(c) for c in self._captured)
+        if room > 0:
+            self._captured.append(packets[:room].copy())
+
+    def captured(self) -> np.ndarray:
+        """The wire-format packets kept so far (up and down, in send order)."""
+        if not self._captured:
+            raise ValueError("nothing captured: construct with wire=True and capture > 0")
+        return np.concatenate(self._captured)
 
     # -- the whole vector ----------------------------------------------------------------
-    def allreduce(self, X: np.ndarray) -> tuple[np.ndarray, AllreduceStats]:
-        """Σ_i X[i] (float64 (n,)) aggregated in the switch, with fallbacks."""
-        X = np.asarray(X, dtype=np.float32)
+    def allreduce(self, X: np.ndarray, out: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, AllreduceStats]:
+        """Σ_i X[i] as float64 (n,), aggregated in the switch, with fallbacks; ``out``
+        (float64, n) receives it when given (saves page-faulting a fresh array)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
         p, n = X.shape
         if p != self.p:
             raise ValueError(f"expected {self.p} rows, got {p}")
+        if out is None:
+            out = np.empty(n, dtype=np.float64)
+        elif out.shape != (n,) or out.dtype != np.float64 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous float64 array of shape ({n},)")
         k, stats = self.k, AllreduceStats()
         C = -(-n // k)
-        out = np.zeros(C * k, dtype=np.float64)
         fallback = np.zeros(C, dtype=bool)
         if self.switch is None:
             stats.fallback_chunks["no_slots"] = C
-            out[:n] = X.sum(axis=0, dtype=np.float64)
-            return out[:n], stats
+            X.sum(axis=0, dtype=np.float64, out=out)
+            return out, stats
         P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
         windows = -(-C // P)
         e_pad = np.full((p, (windows + 1) * P), EXP_MIN, np.int32)
         e_pad[:, :C] = chunk_exponents(X, k)
         # preamble: agree on window 0's exponents (value-free packets, PHASE flag)
-        _, agreed, _, done = self._window(None, e_pad[:, :P], 0, P, True, stats)
+        _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_pad[:, :P], P, stats)
         agreed = np.where(done, agreed, e_pad[:, :P].max(axis=0))
         for b in range(windows):
             lo, hi = b * P, (b + 1) * P
             real = min(hi, C) - lo  # chunks of this window inside the vector
             f = scale_of(agreed, p)
-            Qwin = quantize_chunks(X, lo, f, k)  # (p, P, k); honest |q| ≤ INT32_MAX/p
-            result, next_e, ovf, done = self.reduce_window(Qwin, e_pad[:, hi:hi + P], b, stats)
-            sums = result[:real].astype(np.float64) / f[:real, None]
-            out[lo * k:(lo + real) * k] = sums.reshape(-1)
+            e_next = e_pad[:, hi:hi + P]
+            if self.tamper is not None:  # Byzantine integers: materialise what is sent
+                Q = self.tamper(quantize_chunks(X, lo, f, k), b)
+                result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)
+            else:  # the workers' send buffer, reused window after window
+                if self._send is None or self._send.shape != (p, P, k):
+                    self._send = np.empty((p, P, k), np.int32)
+                Q = quantize_chunks(X, lo, f, k, out=self._send)
+                result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)
+            full = min(real, n // k - lo)  # whole chunks; the vector's tail chunk apart
+            if full > 0:
+                np.divide(result[:full], f[:full, None],
+                          out=out[lo * k:(lo + full) * k].reshape(full, k))
+            if full < real:
+                tail = out[(lo + full) * k:]
+                tail[:] = result[full, :len(tail)] / f[full]
             stats.fallback_chunks["overflow"] += int((ovf & done)[:real].sum())
             stats.fallback_chunks["silent_worker"] += int((~done)[:real].sum())
             fallback[lo:lo + real] = (ovf | ~done)[:real]
-            agreed = np.where(done, next_e, e_pad[:, hi:hi + P].max(axis=0))
+            agreed = np.where(done, next_e, e_next.max(axis=0))
         if fallback.any():  # ATP-like: the PS sums the affected chunks in float
             cols = (np.flatnonzero(fallback)[:, None] * k + np.arange(k)).reshape(-1)
             cols = cols[cols < n]
             out[cols] = X[:, cols].sum(axis=0, dtype=np.float64)
         stats.switch_drops = self.switch.drop_counts()
         self.step += 1
-        return out[:n], stats
+        return out, stats
 
     def reduce_window(self, Q: np.ndarray, e_next: np.ndarray, window: int,
                       stats: AllreduceStats | None = None):
@@ -216,4 +469,4 @@ class SwitchAllreduce:
                 f"e_next (p, m); got {Q.shape} and {e_next.shape}")
         if self.tamper is not None:
             Q = self.tamper(Q.copy(), window)
-        return self._window(Q, e_next, window, Q.shape[1], False, stats)
+        return self._window(PAYLOAD_Q, Q, e_next, Q.shape[1], stats)

@@ -8,8 +8,6 @@ The kernels are Numba-compiled, parallel over chunks, one pass over the data.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
@@ -18,22 +16,21 @@ EXP_MIN, EXP_MAX = -126, 127  # the int8 header field, float32's normal range
 
 
 @numba.njit(cache=True, parallel=True)
-def _chunk_exponents(X, k, out):
-    p, n = X.shape
+def _chunk_exponents(bits, k, out):
+    """bits: the float32 rows viewed as int32. |x| orders like its bits with the sign
+    cleared, so the peak is an integer max (vectorises; NaN/Inf give the top exponent)
+    and its exponent is read from the bits: frexp(x)[1] = biased exponent − 126."""
+    p, n = bits.shape
     C = out.shape[1]
-    for c in numba.prange(C):
-        lo = c * k
-        hi = min(lo + k, n)
-        for w in range(p):
-            peak = 0.0
-            for j in range(lo, hi):
-                a = abs(X[w, j])
-                peak = a if a > peak else peak
-            if peak > 0.0:
-                e = math.frexp(peak)[1]  # peak = m·2^e, m in [0.5, 1): 2^e ≥ peak
-                out[w, c] = min(max(e, EXP_MIN), EXP_MAX)
-            else:
-                out[w, c] = EXP_MIN
+    for w in numba.prange(p):
+        row = bits[w]
+        for c in range(C):
+            seg = row[c * k:min((c + 1) * k, n)]
+            peak = np.int32(0)  # int32, not int64: twice the SIMD lanes
+            for j in range(seg.shape[0]):
+                peak = max(seg[j] & np.int32(0x7FFFFFFF), peak)
+            e = (peak >> 23) - 126  # zero and subnormal peaks land at or below EXP_MIN
+            out[w, c] = min(max(e, EXP_MIN), EXP_MAX)
 
 
 def chunk_exponents(X: np.ndarray, k: int) -> np.ndarray:
@@ -41,7 +38,7 @@ def chunk_exponents(X: np.ndarray, k: int) -> np.ndarray:
     2^e ≥ max|x|, clipped to [-126, 127] (zero chunks get -126)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     out = np.empty((X.shape[0], -(-X.shape[1] // k)), dtype=np.int32)
-    _chunk_exponents(X, k, out)
+    _chunk_exponents(X.view(np.int32), k, out)
     return out
 
 
@@ -50,27 +47,42 @@ def scale_of(e: np.ndarray, p: int) -> np.ndarray:
     return INT32_MAX / (p * np.exp2(np.asarray(e, dtype=np.float64)))
 
 
+@numba.njit(cache=True, inline="always")
+def quantize_value(x, f):
+    """round(x·f) (half to even) clipped to int32 (the worker's per-value quantiser)."""
+    q = np.rint(x * f)
+    q = min(max(q, -2147483648.0), 2147483647.0)
+    return np.int32(q)
+
+
 @numba.njit(cache=True, parallel=True)
 def _quantize(X, first_chunk, f, k, out):
     p, n = X.shape
     m = out.shape[1]
-    for c in numba.prange(m):
-        base = (first_chunk + c) * k
-        for w in range(p):
-            for j in range(k):
-                col = base + j
-                if col < n:
-                    q = round(X[w, col] * f[c])
-                    q = min(max(q, -2147483648.0), 2147483647.0)
-                    out[w, c, j] = np.int32(q)
-                else:
-                    out[w, c, j] = 0
+    for w in numba.prange(p):
+        row = X[w]
+        for c in range(m):
+            base = (first_chunk + c) * k
+            fc = f[c]
+            dst = out[w, c]
+            if base + k <= n:  # whole chunk: a branch-free loop that vectorises
+                src = row[base:base + k]
+                for j in range(k):
+                    dst[j] = quantize_value(src[j], fc)
+            else:
+                for j in range(k):
+                    dst[j] = quantize_value(row[base + j], fc) if base + j < n else 0
 
 
-def quantize_chunks(X: np.ndarray, first_chunk: int, f: np.ndarray, k: int) -> np.ndarray:
+def quantize_chunks(X: np.ndarray, first_chunk: int, f: np.ndarray, k: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Chunks first_chunk … first_chunk+len(f)−1 of every row of X as (p, m, k) int32:
-    round(x·f_c), clipped to int32, zero past the end of X."""
-    out = np.empty((X.shape[0], len(f), k), dtype=np.int32)
+    round(x·f_c), clipped to int32, zero past the end of X. ``out``: a reused buffer."""
+    shape = (X.shape[0], len(f), k)
+    if out is None:
+        out = np.empty(shape, dtype=np.int32)
+    elif out.shape != shape or out.dtype != np.int32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous int32 array of shape {shape}")
     _quantize(np.ascontiguousarray(X, dtype=np.float32), first_chunk,
               np.ascontiguousarray(f, dtype=np.float64), k, out)
     return out
