@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # elsewhere pin the CPU release that this workplace ships as a local wheel.
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.3' || echo 'torch==2.13.0')
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,5 +27,8 @@ test: setup
 bench: setup
 	$(PY) benchmarks/aggregators.py
 
-clean:
+clean: clean-cache
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
+
+clean-cache:  # Numba does not notice edits to functions a cached kernel inlines
+	find . -path ./$(VENV) -prune -o \( -name '*.nbi' -o -name '*.nbc' \) -print -delete

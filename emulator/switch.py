@@ -137,6 +137,15 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
         n_out[q] = o - q * N
 
 
+def allocate_registers(pool_size: int, k: int) -> tuple:
+    """Zeroed registers of the streaming sum for ``pool_size`` slots per shadow set:
+    (bitmap, counter, exponent, overflow, values); set v of slot s is row v·pool + s."""
+    slots = 2 * pool_size
+    return (np.zeros(pool_size, dtype=np.uint64), np.zeros(slots, dtype=np.int32),
+            np.zeros(slots, dtype=np.int32), np.zeros(slots, dtype=np.uint8),
+            np.zeros((slots, k), dtype=np.int32))
+
+
 def default_lanes() -> int:
     """Threads for the slot lanes: Numba's thread count rounded down to a power of two."""
     return 1 << (numba.get_num_threads().bit_length() - 1)
@@ -170,7 +179,7 @@ class SumSwitch:
 
     def __init__(self, p: int, k: int = 64, pool_size: int = 512, job: int = 0,
                  port_of_worker: np.ndarray | None = None, target: Target = tofino1,
-                 lanes: int | None = None):
+                 lanes: int | None = None, registers: tuple | None = None):
         if not 1 <= p <= 32:
             raise ValueError(f"p must be in 1..32 (32-bit worker bitmap), got {p}")
         self.program: Program = streaming_sum(k, pool_size)
@@ -186,11 +195,11 @@ class SumSwitch:
         for key, action in ss.DECISION_TABLE.items():
             self.table[key] = action
         slots = 2 * pool_size
-        self.bitmap = np.zeros(pool_size, dtype=np.uint64)
-        self.counter = np.zeros(slots, dtype=np.int32)
-        self.exponent = np.zeros(slots, dtype=np.int32)
-        self.overflow = np.zeros(slots, dtype=np.uint8)
-        self.values = np.zeros((slots, k), dtype=np.int32)
+        if registers is None:  # a switch of its own; the control plane passes views
+            registers = allocate_registers(pool_size, k)
+        self.bitmap, self.counter, self.exponent, self.overflow, self.values = registers
+        if self.values.shape != (slots, k) or len(self.bitmap) != pool_size:
+            raise ValueError("registers do not match pool_size and k")
         self.drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
         self.packets_in = 0
         self._out = None

@@ -52,7 +52,7 @@ import numpy as np
 
 from emulator.network import Link, LinkModel, link_arrays, store_states, transmit_into
 from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, switch_packet
-from innet.protocol import decode, encode, flag
+from innet.protocol import decode, encode, flag, packet_dtype
 from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
 
 # counters the kernel keeps (stats vector)
@@ -253,19 +253,27 @@ class SwitchAllreduce:
 
     ``up`` / ``down``: one :class:`LinkModel` per worker (or one for all) for the
     worker→switch and switch→worker directions. ``pool_size=0`` models a job that got
-    no slots (everything falls back). ``wire=True`` runs the slow wire-format engine;
-    ``capture`` (with ``wire``) keeps up to that many packets for :meth:`captured`.
+    no slots (everything falls back); ``switch`` runs the job on a pool leased from
+    :class:`emulator.control.ControlPlane` instead of a switch of its own.
+    ``wire=True`` runs the slow wire-format engine; ``capture`` (with ``wire``) keeps
+    up to that many packets for :meth:`captured`.
     """
 
     def __init__(self, p: int, k: int = 64, pool_size: int = 512,
                  up: LinkModel | list[LinkModel] | None = None,
                  down: LinkModel | list[LinkModel] | None = None,
                  max_retries: int = 20, seed: int = 0, job: int = 0,
-                 lanes: int | None = None, wire: bool = False, capture: int = 0):
+                 lanes: int | None = None, wire: bool = False, capture: int = 0,
+                 switch: SumSwitch | None = None):
+        if switch is not None:  # a pool the control plane leased (emulator.control)
+            if (switch.p, switch.k) != (p, k):
+                raise ValueError(f"the leased switch runs p={switch.p}, k={switch.k}")
+            pool_size, job = switch.pool_size, switch.job
         self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
         self.max_retries = max_retries
-        self.switch = (SumSwitch(p, k, max(pool_size, 1), job, lanes=lanes)
-                       if pool_size > 0 else None)
+        if switch is None and pool_size > 0:
+            switch = SumSwitch(p, k, pool_size, job, lanes=lanes)
+        self.switch = switch
 
         def links(model, offset):
             models = model if isinstance(model, list) else [model or LinkModel()] * p
@@ -395,7 +403,8 @@ class SwitchAllreduce:
         """The wire-format packets kept so far (up and down, in send order)."""
         if not self._captured:
             raise ValueError("nothing captured: construct with wire=True and capture > 0")
-        return np.concatenate(self._captured)
+        # concatenate canonicalises structured dtypes to native byte order: back to wire
+        return np.concatenate(self._captured).astype(packet_dtype(self.k))
 
     # -- the whole vector ----------------------------------------------------------------
     def allreduce(self, X: np.ndarray, out: np.ndarray | None = None

@@ -91,15 +91,79 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _add_pcap(sub) -> None:
+    p = sub.add_parser(
+        "pcap",
+        help="write the packets of a few in-network aggregation steps to a pcap file",
+        description="Train a scenario's model for a few steps through the switch (wire-format "
+        "engine, the scenario's [network] links) and write what reached the switch and the "
+        "RESULT packets it sent to a pcap (Ethernet/IPv4/UDP 0xBEE0+job; Wireshark shows "
+        "the UDP payload; the layer is innet.protocol.InnetAgg).",
+    )
+    p.add_argument("scenario", nargs="?", help="TOML scenario file (default: built-in defaults)")
+    p.add_argument("--out", default="innet.pcap", help="pcap file to write (default innet.pcap)")
+    p.add_argument("--steps", type=int, default=1, help="aggregation steps to capture")
+    p.add_argument("--max-packets", type=int, default=5000, dest="max_packets",
+                   help="stop capturing after this many packets (default 5000)")
+
+
+def cmd_pcap(args) -> int:
+    import tomllib
+
+    from innet import experiment
+    from innet.protocol import flag
+    from innet.protocol.pcap import write_pcap
+
+    data = {}
+    if args.scenario:
+        with open(args.scenario, "rb") as fh:
+            data = tomllib.load(fh)
+    scenario = config.from_dict(data)
+    if args.steps < 1 or args.max_packets < 1:
+        raise config.ScenarioError("--steps and --max-packets must be >= 1")
+    packets, stats = experiment.capture_packets(scenario, args.steps, args.max_packets)
+    write_pcap(args.out, packets)
+    results = int(((packets["flags"] & flag("RESULT")) != 0).sum())
+    print(f"wrote {len(packets)} packets ({len(packets) - results} to the switch, {results} "
+          f"results) of {args.steps} step(s) to {args.out}")
+    for i, st in enumerate(stats):
+        print(f"  step {i}: {st.packets_up} sent up, {st.retransmissions} retransmitted, "
+              f"{st.results_lost} results lost, fallback {st.fallback_chunks}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="resource report of a switch program on a target",
+        description="Stages, stateful ALUs, SRAM, parsed bytes and recirculations of a "
+        "p4_models program on a target, and whether it fits.",
+    )
+    p.add_argument("program", choices=["streaming_sum"], help="switch program")
+    p.add_argument("--target", default="tofino1", choices=["tofino1", "tofino2"])
+    p.add_argument("-k", type=int, default=64, help="int32 values per packet (default 64)")
+    p.add_argument("--pool", type=int, default=512, help="slots per shadow set (default 512)")
+
+
+def cmd_inspect(args) -> int:
+    from p4_models import TARGETS, streaming_sum
+
+    report = streaming_sum(args.k, args.pool).report(TARGETS[args.target])
+    print(report)
+    return 0 if report.fits else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="innet", description="In-network robust gradient aggregation lab."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_pcap(sub)
+    _add_inspect(sub)
     args = parser.parse_args(argv)
     try:
-        return {"run": cmd_run}[args.command](args)
+        return {"run": cmd_run, "pcap": cmd_pcap, "inspect": cmd_inspect}[args.command](args)
     except config.ScenarioError as err:
         print(f"innet: invalid scenario: {err}", file=sys.stderr)
         return 2

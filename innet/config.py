@@ -66,6 +66,12 @@ class Network:
     k: int = 64  #: int32 values per packet
     pool_size: int = 512  #: switch slots per shadow set for the job
     max_retries: int = 20  #: timeouts before a chunk goes to the PS fallback
+    failed_port: list[int] = field(default_factory=list)  #: [worker, from_round, to_round]
+    # the time model (emulator.timing): what a step would take on a real rack
+    bandwidth_gbps: float = 100.0  #: every host ↔ switch link
+    latency_us: float = 1.0  #: one way, host ↔ switch
+    pass_ns: float = 400.0  #: one switch pipeline pass
+    timeout_us: float = 1000.0  #: the workers' retransmission timer
 
 
 @dataclass
@@ -232,6 +238,13 @@ def validate(s: Scenario) -> None:
     _positive("network.k", n.k)
     _positive("network.pool_size", n.pool_size, strict=False)
     _positive("network.max_retries", n.max_retries, strict=False)
+    for name in ("bandwidth_gbps", "latency_us", "pass_ns", "timeout_us"):
+        _positive(f"network.{name}", getattr(n, name))
+    if n.failed_port and (len(n.failed_port) != 3 or not 0 <= n.failed_port[0] < w.p
+                          or not 0 <= n.failed_port[1] <= n.failed_port[2]):
+        raise ScenarioError(
+            f"network.failed_port: expected [worker in 0..{w.p - 1}, from_round, to_round] "
+            f"with from_round <= to_round, got {n.failed_port}")
     if not s.paths:
         raise ScenarioError("paths: at least one aggregation path is needed")
     seen = set()

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emulator.network import LinkModel
+from emulator.timing import TimeModel
 from host import data as datasets
 from host import models
 from host.ps import ParameterServer
@@ -28,6 +29,7 @@ from host.worker import WorkerPool, evaluate
 from innet import aggregators, attacks
 from innet.config import AggregationPath, Scenario, to_dict
 from innet.devices import pick_device
+from p4_models import streaming_sum, tofino1
 
 
 @dataclass
@@ -37,6 +39,7 @@ class PathResult:
     final_train_loss: float
     seconds_per_step: float
     aggregate_seconds_per_step: float
+    modelled_seconds_per_step: float  #: emulator.timing: the step's aggregation on a rack
     nonfinite_rows: int
     switch: dict[str, Any] | None = None  #: totals of the in-network path
 
@@ -62,23 +65,33 @@ def output_dir(scenario: Scenario, out: str | None = None) -> Path:
     return Path(out or scenario.out or f"runs/{scenario.name}")
 
 
-def build_switch(scenario: Scenario) -> SwitchAllreduce:
-    """The in-network aggregation of a scenario's network section."""
+def build_switch(scenario: Scenario, **kwargs) -> SwitchAllreduce:
+    """The in-network aggregation of a scenario's network section (kwargs go to
+    :class:`SwitchAllreduce`, e.g. ``wire=True, capture=N``)."""
     n, p = scenario.network, scenario.workers.p
     lossy = set(n.lossy_workers or range(p))
 
     def model(loss: float, worker: int) -> LinkModel:
+        down = None
+        if n.failed_port and n.failed_port[0] == worker:  # rounds during which it is dead
+            down = (n.failed_port[1], n.failed_port[2])
         if worker not in lossy:
-            return LinkModel(duplicate=n.duplicate, reorder=n.reorder)
+            return LinkModel(duplicate=n.duplicate, reorder=n.reorder, down_between=down)
         return LinkModel(loss=loss, burst=tuple(n.burst) if n.burst else None,
-                         duplicate=n.duplicate, reorder=n.reorder)
+                         duplicate=n.duplicate, reorder=n.reorder, down_between=down)
 
     return SwitchAllreduce(
         p, n.k, n.pool_size,
         up=[model(n.up_loss, w) for w in range(p)],
         down=[model(n.down_loss, w) for w in range(p)],
-        max_retries=n.max_retries, seed=scenario.seed,
+        max_retries=n.max_retries, seed=scenario.seed, **kwargs,
     )
+
+
+def time_model(scenario: Scenario) -> TimeModel:
+    n = scenario.network
+    recirculations = streaming_sum(n.k, max(n.pool_size, 1)).report(tofino1).recirculations
+    return TimeModel(n.bandwidth_gbps, n.latency_us, n.pass_ns, n.timeout_us, recirculations)
 
 
 def add_stats(total: dict[str, Any], step: dict[str, Any]) -> None:
@@ -121,6 +134,8 @@ def run_path(
     )
     switch = build_switch(scenario) if path.via == "switch" else None
     switch_totals: dict[str, Any] = {}
+    clock = time_model(scenario)
+    modelled = 0.0  # seconds of modelled aggregation time so far
     honest = torch.ones(w.p, dtype=torch.bool)
     honest[byzantine] = False
 
@@ -133,20 +148,24 @@ def run_path(
             G = gradient_attack(G, byz_index, attack_gen)
         extra: dict[str, Any] = {}
         if switch is None:
+            before = ps.aggregate_seconds
             ps.step(G)
+            modelled += clock.ps_step_s(w.p, G.shape[1], ps.aggregate_seconds - before,
+                                        scenario.network.k)
         else:  # in-network streaming sum, then the PS only applies the update
             tick = time.perf_counter()
             total, stats = switch.allreduce(G.detach().to("cpu", torch.float32).numpy())
             update = torch.from_numpy(total / w.p).to(device, torch.float32)
             ps.aggregate_seconds += time.perf_counter() - tick
             ps.apply(update)
+            modelled += clock.switch_step_s(stats.round_log, scenario.network.k)
             step_stats = stats.as_dict()
             add_stats(switch_totals, step_stats)
             extra = {"retransmissions": step_stats["retransmissions"],
                      "fallback_chunks": sum(step_stats["fallback_chunks"].values())}
         train_loss = float(losses.cpu()[honest].mean())
         record = {"path": path.name, "step": step, "train_loss": train_loss,
-                  "lr": ps.optimizer.param_groups[0]["lr"], **extra}
+                  "lr": ps.optimizer.param_groups[0]["lr"], "modelled_s": modelled, **extra}
         if step % t.eval_every == 0 or step == t.steps:
             accuracy, test_loss = evaluate(model, data.x_test, data.y_test)
             record.update(test_accuracy=accuracy, test_loss=test_loss)
@@ -160,18 +179,21 @@ def run_path(
         final_train_loss=train_loss,
         seconds_per_step=elapsed / t.steps,
         aggregate_seconds_per_step=ps.aggregate_seconds / t.steps,
+        modelled_seconds_per_step=modelled / t.steps,
         nonfinite_rows=ps.nonfinite_rows,
         switch=switch_totals or None,
     )
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    head = f"{'path':<22}{'test acc':>10}{'test loss':>11}{'ms/step':>10}{'agg ms':>9}"
+    head = (f"{'path':<22}{'test acc':>10}{'test loss':>11}{'ms/step':>10}{'agg ms':>9}"
+            f"{'model µs':>10}")
     lines = [head, "-" * len(head)]
     for name, r in summary.items():
         lines.append(
             f"{name:<22}{r['final_test_accuracy']:>10.4f}{r['final_test_loss']:>11.4f}"
             f"{1e3 * r['seconds_per_step']:>10.2f}{1e3 * r['aggregate_seconds_per_step']:>9.2f}"
+            f"{1e6 * r['modelled_seconds_per_step']:>10.1f}"
         )
     return "\n".join(lines)
 
@@ -195,3 +217,26 @@ def run(scenario: Scenario, out: str | None = None, progress: bool = True) -> di
     finally:
         metrics.close()
     return summary
+
+
+def capture_packets(scenario: Scenario, steps: int = 1, max_packets: int = 5000):
+    """The wire-format packets of the first ``steps`` in-network aggregation steps of
+    a scenario (real gradients, the scenario's links), at most ``max_packets``: what
+    reached the switch and the RESULT packets it sent, in order. Returns (packets,
+    the per-step AllreduceStats)."""
+    w, t = scenario.workers, scenario.training
+    device = pick_device(scenario.device)
+    data = datasets.load(scenario.data.dataset, scenario.data.root, scenario.data.download)
+    torch.manual_seed(scenario.seed)
+    model = models.build(scenario.data.model, data.image_shape, data.num_classes).to(device)
+    pool = WorkerPool(model, data, w.p, scenario.data.batch, seed=scenario.seed)
+    ps = ParameterServer(model, aggregators.get("mean"), t.lr, t.momentum, t.weight_decay,
+                         t.milestones, t.gamma, t.nonfinite)
+    switch = build_switch(scenario, wire=True, capture=max_packets)
+    all_stats = []
+    for _ in range(steps):
+        G, _ = pool.gradients()
+        total, stats = switch.allreduce(G.detach().to("cpu", torch.float32).numpy())
+        ps.apply(torch.from_numpy(total / w.p).to(device, torch.float32))
+        all_stats.append(stats)
+    return switch.captured(), all_stats

@@ -264,7 +264,71 @@ def test_wire_engine_gives_the_same_sums_as_the_compiled_engine(loss):
     slow, stats = wire.allreduce(X)
     assert np.array_equal(fast, slow)  # the integer sums are exact in both engines
     packets = wire.captured()  # what reached the switch, and what it sent back
+    assert packets.dtype == packet_dtype(k) and (packets["count"] == k).all()
     to_switch = packets[(packets["flags"] & flag("RESULT")) == 0]
     assert len(to_switch) == sum(ln.sent - ln.lost + ln.duplicated for ln in wire.up)
     assert len(packets) > len(to_switch)  # the results
     assert stats.packets_up == sum(ln.sent for ln in wire.up)
+
+
+def test_time_model_charges_serialisation_latency_and_timeouts():
+    from emulator.timing import TimeModel
+
+    tm = TimeModel(bandwidth_gbps=100, latency_us=1, pass_ns=500, timeout_us=1000)
+    pkt = tm.packet_bytes(64)
+    assert pkt == 42 + 16 + 256 + 24
+    one = tm.switch_step_s([(1000, 1000, 16000, 16000, 0)], 64)
+    assert one == pytest.approx(8 * 1000 * pkt / 100e9 + 2e-6 + 500e-9)
+    retry = tm.switch_step_s([(1000, 1000, 16000, 16000, 0), (3, 3, 10, 10, 1)], 64)
+    assert retry - one == pytest.approx(8 * 3 * pkt / 100e9 + 2.5e-6 + 1e-3)
+    # the PS serialises all p gradients on one link: p times the switch's per-link load
+    ps = tm.ps_step_s(16, 64 * 1000, 0.0, 64)
+    assert ps == pytest.approx(2 * 16 * 8 * 1000 * pkt / 100e9 + 2e-6)
+    with pytest.raises(ValueError, match="bandwidth_gbps"):
+        TimeModel(bandwidth_gbps=0)
+
+
+def test_allreduce_round_log_feeds_the_time_model():
+    from emulator.timing import TimeModel
+
+    p, k, n = 4, 16, 16 * 40
+    X = np.random.default_rng(0).normal(size=(p, n)).astype(np.float32)
+    clean = SwitchAllreduce(p, k, 16).allreduce(X)[1]
+    lossy = SwitchAllreduce(p, k, 16, up=LinkModel(loss=0.2), seed=2).allreduce(X)[1]
+    assert len(clean.round_log) == clean.rounds and clean.rounds == 1 + 3  # preamble + windows
+    assert all(row[0] == 16 for row in clean.round_log)  # 16 chunks per window per link
+    tm = TimeModel()
+    assert tm.switch_step_s(lossy.round_log, k) > tm.switch_step_s(clean.round_log, k) + 1e-3
+
+
+def test_control_plane_shares_register_memory_between_jobs():
+    from emulator.control import ControlPlane
+
+    rng = np.random.default_rng(5)
+    p, k = 4, 16
+    cp = ControlPlane(k=k, total_slots=48)
+    _, a = cp.allocate(job=1, p=p, slots=32)
+    lease_b, b = cp.allocate(job=2, p=p, slots=32)  # only 16 left: a smaller pool
+    assert lease_b.slots == 16 and cp.used == 48
+    lease_c, c = cp.allocate(job=3, p=p, slots=8)  # full: no slots, everything falls back
+    assert c is None and lease_c.slots == 0
+    jobs = [SwitchAllreduce(p, k, switch=a, up=LinkModel(loss=0.1), seed=1),
+            SwitchAllreduce(p, k, switch=b, up=LinkModel(loss=0.1), seed=2),
+            SwitchAllreduce(p, k, pool_size=0)]
+    X = [rng.normal(size=(p, 1000)).astype(np.float32) for _ in jobs]
+    for _ in range(2):  # interleaved steps of the three jobs
+        for ar, x in zip(jobs, X):
+            out, stats = ar.allreduce(x)
+            assert np.abs(out - x.sum(0, dtype=np.float64)).max() < 1e-5
+    assert stats.fallback_chunks["no_slots"] == -(-1000 // k)
+    # another job's packets never reach a job's slots
+    h = {"job": np.array([2]), "worker": np.array([0]), "shadow": np.array([0]),
+         "slot": np.array([0]), "flags": np.array([0]), "exponent": np.array([0]),
+         "count": np.array([k])}
+    a.process_native(h, np.ones((1, k), np.int32), np.array([0]))
+    assert a.drop_counts()["unknown_job"] == 1
+    cp.release(1)
+    lease_d, d = cp.allocate(job=4, p=p, slots=40)
+    assert lease_d.slots == 32 and lease_d.base == 0 and not d.values.any()  # zeroed
+    with pytest.raises(ValueError, match="holds no pool"):
+        cp.release(1)

@@ -14,6 +14,9 @@ from innet.protocol.header import PORT_MIN, InnetAgg, packet_dtype
 
 
 def to_scapy(packets: np.ndarray) -> list:
+    k = packets.dtype["values"].shape[0]
+    if packets.dtype != packet_dtype(k):  # e.g. canonicalised to native byte order
+        packets = packets.astype(packet_dtype(k))
     frames = []
     for rec in packets:
         payload = InnetAgg(rec.tobytes())
