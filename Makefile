@@ -31,4 +31,5 @@ clean: clean-cache
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
 
 clean-cache:  # Numba does not notice edits to functions a cached kernel inlines
-	find . -path ./$(VENV) -prune -o \( -name '*.nbi' -o -name '*.nbc' \) -print -delete
+	find . -path ./$(VENV) -prune -o \( -name '*.nbi' -o -name '*.nbc' \) -print \
+		| xargs rm -f
