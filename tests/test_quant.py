@@ -46,3 +46,83 @@ def test_quantised_chunks_fit_the_switchml_bound(seed, p, k):
         cols = np.arange(c * k, min((c + 1) * k, X.shape[1]))
         ref[:, c, :len(cols)] = np.rint(X[:, cols].astype(np.float64) * f[c])
     assert np.array_equal(Q, ref)
+
+
+# -- fixed-point Jacobi --------------------------------------------------------------
+from innet.quant.fixed_eigen import (  # noqa: E402
+    _isqrt,
+    eigh_fixed,
+    principal_angles,
+    top_subspace_angle,
+)
+
+
+@given(x=st.integers(0, 2**62 - 1))
+def test_integer_sqrt_is_the_floor_of_the_real_one(x):
+    r = int(_isqrt(x))
+    assert r * r <= x < (r + 1) * (r + 1)
+
+
+def jacobi_reference(A, sweeps=30):
+    """Textbook cyclic Jacobi in float64 (Golub & Van Loan 8.5), slow and literal."""
+    A = A.astype(float).copy()
+    p = len(A)
+    V = np.eye(p)
+    for _ in range(sweeps):
+        for i in range(p - 1):
+            for j in range(i + 1, p):
+                if abs(A[i, j]) < 1e-300:
+                    continue
+                tau = (A[j, j] - A[i, i]) / (2 * A[i, j])
+                if abs(tau) > 1e150:  # tan θ ≈ 1/(2τ), without squaring τ
+                    t = 1 / (2 * tau)
+                else:
+                    t = np.sign(tau) / (abs(tau) + np.sqrt(1 + tau * tau)) if tau else 1.0
+                c = 1 / np.sqrt(1 + t * t)
+                s = t * c
+                J = np.eye(p)
+                J[i, i] = J[j, j] = c
+                J[i, j], J[j, i] = s, -s
+                A = J.T @ A @ J
+                V = V @ J
+    order = np.argsort(np.diag(A))
+    return np.diag(A)[order], V[:, order]
+
+
+@given(seed=st.integers(0, 2**31), p=st.integers(2, 16), W=st.sampled_from([16, 24, 32]))
+def test_fixed_jacobi_matches_float_references(seed, p, W):
+    rng = np.random.default_rng(seed)
+    G = rng.normal(size=(p, 3 * p)) * rng.uniform(0.1, 10, size=(p, 1))
+    A = G @ G.T
+    ev, V = eigh_fixed(A, W)
+    ref_ev, _ = jacobi_reference(A)
+    lapack = np.linalg.eigvalsh(A)
+    assert np.allclose(ref_ev, lapack, rtol=0, atol=1e-9 * np.abs(lapack).max())
+    # stated tolerance: a few units of the last place of the W-bit scaled matrix, × p
+    ulp = np.abs(A).max() * 2.0 ** -(W - 1 - 5)
+    assert np.abs(ev - lapack).max() <= 4 * p * ulp
+    assert np.abs(V.T @ V - np.eye(p)).max() <= 8 * p * 2.0 ** -(W - 2)  # orthogonal
+
+
+def test_subspace_error_falls_with_word_length():
+    rng = np.random.default_rng(0)
+    G = rng.normal(size=(15, 500))
+    G[:3] *= 4
+    A = G @ G.T
+    angles = [top_subspace_angle(A, 8, W) for W in (12, 16, 20, 24, 28, 32)]
+    assert all(b < a for a, b in zip(angles, angles[1:])), angles
+    assert angles[-1] < 1e-5
+    U = np.linalg.qr(rng.normal(size=(6, 2)))[0]
+    assert principal_angles(U, U @ np.array([[2.0, 1.0], [0.0, 3.0]])).max() < 1e-7
+
+
+def test_fixed_jacobi_rejects_bad_input():
+    import pytest
+
+    with pytest.raises(ValueError, match="word length"):
+        eigh_fixed(np.eye(3), W=8)
+    with pytest.raises(ValueError, match="square"):
+        eigh_fixed(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="non-finite"):
+        eigh_fixed(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    assert np.array_equal(eigh_fixed(np.zeros((3, 3)))[0], np.zeros(3))

@@ -1,0 +1,194 @@
+"""Fixed-point symmetric eigendecomposition (two-sided cyclic Jacobi) for the control
+plane of a switch, and the metrics that compare it with LAPACK.
+
+The matrix enters in block floating point: one shared exponent for the whole matrix
+and W-bit signed integer mantissas, with ``guard`` bits of headroom (rotations keep
+the eigenvalues, which end on the diagonal, bounded by Gershgorin's row sums).
+Everything inside the kernel is integer arithmetic on int64: rotation angles from an
+integer square root and an integer division, updates by W-bit products followed by
+rounding shifts and rounding divisions (round half away from zero), eigenvectors in Q(W−2). Floats appear
+only at the edges (scaling in, scaling out).
+
+One rotation zeroes a_pq with t = tan θ = e / (d + sgn(d)·√(d² + e²)), d = a_qq − a_pp,
+e = 2·a_pq (the smaller of the two roots, |θ| ≤ π/4), c = 1/√(1+t²), s = t·c, and
+updates a_pp −= t·a_pq, a_qq += t·a_pq and rows/columns p, q of A and columns p, q of V.
+Sweeps run cyclically by rows until no off-diagonal entry exceeds ``tol_lsb`` units
+of the last place, or ``max_sweeps``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, inline="always")
+def _isqrt(x):
+    """⌊√x⌋ for 0 ≤ x < 2^62, by the bit-by-bit method (integer only)."""
+    if x <= 0:
+        return np.int64(0)
+    res = np.int64(0)
+    bit = np.int64(1) << np.int64(60)
+    while bit > x:
+        bit >>= 2
+    while bit != 0:
+        if x >= res + bit:
+            x -= res + bit
+            res = (res >> 1) + bit
+        else:
+            res >>= 1
+        bit >>= 2
+    return res
+
+
+@numba.njit(cache=True, inline="always")
+def _isqrt_round(x):
+    """round(√x): ⌊√x⌋ + 1 when x − r² > r (since (r + ½)² = r² + r + ¼)."""
+    r = _isqrt(x)
+    return r + 1 if x - r * r > r else r
+
+
+@numba.njit(cache=True, inline="always")
+def _div_round(a, b):
+    """round(a / b), ties away from zero (b ≠ 0; |2a| must fit int64)."""
+    q = (2 * abs(a) + abs(b)) // (2 * abs(b))
+    return q if (a >= 0) == (b > 0) else -q
+
+
+@numba.njit(cache=True, inline="always")
+def _mul_shift(a, b, shift):
+    """round(a·b / 2^shift), ties away from zero (a·b must fit int64)."""
+    prod = a * b
+    half = np.int64(1) << (shift - 1)
+    if prod >= 0:
+        return (prod + half) >> shift
+    return -((-prod + half) >> shift)
+
+
+@numba.njit(cache=True, inline="always")
+def _saturate(x, lim):
+    return min(max(x, -lim), lim)
+
+
+@numba.njit(cache=True)
+def jacobi_fixed(A, W, max_sweeps, tol_lsb, V):
+    """In place: A (p×p int64, symmetric, |a| < 2^(W−1)) becomes diagonal; V (p×p
+    int64) receives the eigenvectors in Q(W−2). Returns the sweeps run."""
+    p = A.shape[0]
+    F = W - 2  # fraction bits of c, s, t and V
+    one = np.int64(1) << F
+    lim = (np.int64(1) << (W - 1)) - 1
+    for i in range(p):
+        for j in range(p):
+            V[i, j] = one if i == j else 0
+    sweeps = 0
+    for _ in range(max_sweeps):
+        off = np.int64(0)
+        for i in range(p):
+            for j in range(i + 1, p):
+                off = max(off, abs(A[i, j]))
+        if off <= tol_lsb:
+            break
+        sweeps += 1
+        for ip in range(p - 1):
+            for iq in range(ip + 1, p):
+                apq = A[ip, iq]
+                if abs(apq) <= tol_lsb:
+                    continue
+                d = A[iq, iq] - A[ip, ip]
+                e = 2 * apq
+                # √(d² + e²) without overflow: bring both to ≤ 30 bits first
+                big = max(abs(d), abs(e))
+                sh = 0
+                while (big >> sh) >= (np.int64(1) << 30):
+                    sh += 1
+                ds, es = d >> sh, e >> sh
+                r = _isqrt_round(ds * ds + es * es)
+                den = ds + r if ds >= 0 else ds - r  # d + sgn(d)·√(d²+e²), |den| ≥ |e|
+                t = _div_round(es << F, den) if den != 0 else one
+                # c = 1/√(1+t²), s = t·c, all in Q(F); every step rounds to nearest
+                # (truncating biases add up over the rotations instead of averaging out)
+                c = _div_round(one << F, _isqrt_round(one * one + t * t))
+                s = _mul_shift(t, c, F)
+                tapq = _mul_shift(t, apq, F)
+                A[ip, ip] = _saturate(A[ip, ip] - tapq, lim)
+                A[iq, iq] = _saturate(A[iq, iq] + tapq, lim)
+                A[ip, iq] = 0
+                A[iq, ip] = 0
+                for k in range(p):
+                    if k != ip and k != iq:
+                        akp, akq = A[k, ip], A[k, iq]
+                        new_p = _saturate(_mul_shift(c, akp, F) - _mul_shift(s, akq, F), lim)
+                        new_q = _saturate(_mul_shift(s, akp, F) + _mul_shift(c, akq, F), lim)
+                        A[k, ip] = new_p
+                        A[ip, k] = new_p
+                        A[k, iq] = new_q
+                        A[iq, k] = new_q
+                for k in range(p):
+                    vkp, vkq = V[k, ip], V[k, iq]
+                    V[k, ip] = _mul_shift(c, vkp, F) - _mul_shift(s, vkq, F)
+                    V[k, iq] = _mul_shift(s, vkp, F) + _mul_shift(c, vkq, F)
+    return sweeps
+
+
+def to_fixed(A: np.ndarray, W: int, guard: int | None = None) -> tuple[np.ndarray, float]:
+    """Block floating point: integer mantissas M (|m| < 2^(W−1)) and the scale with
+    A ≈ M · scale, leaving ``guard`` bits of headroom. By default the headroom comes
+    from Gershgorin's bound: every eigenvalue (the diagonal at the end) is at most the
+    largest absolute row sum, so guard = ⌈log2(row sum / max |a|)⌉ bits suffice (peak
+    maps below 2^(W−1−guard), the row sum below 2^(W−1))."""
+    peak = float(np.max(np.abs(A)))
+    if guard is None and peak > 0 and math.isfinite(peak):
+        rows = float(np.max(np.abs(A).sum(axis=1)))
+        guard = max(0, math.ceil(math.log2(rows / peak)))
+    if peak == 0.0 or not math.isfinite(peak):
+        if not math.isfinite(peak):
+            raise ValueError("matrix has non-finite entries")
+        return np.zeros_like(A, dtype=np.int64), 1.0
+    e = math.frexp(peak)[1]  # peak < 2^e
+    scale = 2.0 ** (e - (W - 1 - guard))
+    M = np.rint(A / scale).astype(np.int64)
+    return M, scale
+
+
+def eigh_fixed(A: np.ndarray, W: int = 24, guard: int | None = None, max_sweeps: int = 12,
+               tol_lsb: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix by fixed-point
+    Jacobi with word length W (12 ≤ W ≤ 32), like ``numpy.linalg.eigh``."""
+    if not 12 <= W <= 32:
+        raise ValueError(f"word length W must be in 12..32, got {W}")
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {A.shape}")
+    M, scale = to_fixed((A + A.T) / 2, W, guard)
+    V = np.empty_like(M)
+    jacobi_fixed(M, W, max_sweeps, tol_lsb, V)
+    evals = np.diag(M).astype(np.float64) * scale
+    vecs = V.astype(np.float64) / float(1 << (W - 2))
+    order = np.argsort(evals, kind="stable")
+    return evals[order], vecs[:, order]
+
+
+# -- metrics -------------------------------------------------------------------------
+def principal_angles(U: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Principal angles (radians, ascending) between the column spans of U and V."""
+    qu, _ = np.linalg.qr(U)
+    qv, _ = np.linalg.qr(V)
+    s = np.linalg.svd(qu.T @ qv, compute_uv=False)
+    return np.arccos(np.clip(s, -1.0, 1.0))[::-1]
+
+
+def top_subspace_angle(A: np.ndarray, m: int, W: int, **kw) -> float:
+    """Largest principal angle between the top-m eigenvector subspaces of A from
+    :func:`eigh_fixed` and from LAPACK."""
+    _, V = eigh_fixed(A, W, **kw)
+    _, R = np.linalg.eigh(A)
+    return float(principal_angles(V[:, -m:], R[:, -m:]).max())
+
+
+def accurate_bits(approx: np.ndarray, exact: np.ndarray) -> float:
+    """−log2 of the relative max error (how many leading bits agree)."""
+    err = np.max(np.abs(approx - exact)) / max(np.max(np.abs(exact)), 1e-300)
+    return float(-np.log2(max(err, 2.0**-64)))
