@@ -6,8 +6,8 @@ and W-bit signed integer mantissas, with ``guard`` bits of headroom (rotations k
 the eigenvalues, which end on the diagonal, bounded by Gershgorin's row sums).
 Everything inside the kernel is integer arithmetic on int64: rotation angles from an
 integer square root and an integer division, updates by W-bit products followed by
-rounding shifts and rounding divisions (round half away from zero), eigenvectors in Q(W−2). Floats appear
-only at the edges (scaling in, scaling out).
+rounding shifts and rounding divisions (round half away from zero), eigenvectors in
+Q(W−2). Floats appear only at the edges (scaling in, scaling out).
 
 One rotation zeroes a_pq with t = tan θ = e / (d + sgn(d)·√(d² + e²)), d = a_qq − a_pp,
 e = 2·a_pq (the smaller of the two roots, |θ| ≤ π/4), c = 1/√(1+t²), s = t·c, and
