@@ -139,16 +139,24 @@ def _add_inspect(sub) -> None:
         description="Stages, stateful ALUs, SRAM, parsed bytes and recirculations of a "
         "p4_models program on a target, and whether it fits.",
     )
-    p.add_argument("program", choices=["streaming_sum"], help="switch program")
+    p.add_argument("program", choices=["streaming_sum", "sketch_store", "phase2_guard"],
+                   help="switch program")
     p.add_argument("--target", default="tofino1", choices=["tofino1", "tofino2"])
     p.add_argument("-k", type=int, default=64, help="int32 values per packet (default 64)")
     p.add_argument("--pool", type=int, default=512, help="slots per shadow set (default 512)")
+    p.add_argument("-p", "--workers", type=int, default=15, dest="p",
+                   help="workers (sketch_store, phase2_guard; default 15)")
+    p.add_argument("--k-prime", type=int, default=4096, dest="k_prime",
+                   help="sketch size k′ (sketch_store; default 4096)")
 
 
 def cmd_inspect(args) -> int:
-    from p4_models import TARGETS, streaming_sum
+    from p4_models import TARGETS, phase2_guard, sketch_store, streaming_sum
 
-    report = streaming_sum(args.k, args.pool).report(TARGETS[args.target])
+    program = {"streaming_sum": lambda: streaming_sum(args.k, args.pool),
+               "sketch_store": lambda: sketch_store(args.p, args.k_prime, args.k),
+               "phase2_guard": lambda: phase2_guard(args.p, args.k)}[args.program]()
+    report = program.report(TARGETS[args.target])
     print(report)
     return 0 if report.fits else 1
 

@@ -105,8 +105,12 @@ class Scenario:
     )
 
 
-VIAS = ("ps", "switch")
+VIAS = ("ps", "switch", "offload")
 SWITCH_RULES = ("mean",)
+#: parameters of an ``offload`` path that are not FA's (host.fa_offload.OffloadedFA)
+OFFLOAD_PARAMS = {"k_prime": 4096, "W": 24, "b": 16, "defences": True,
+                  "phase2_attack": "none"}
+PHASE2_ATTACKS = ("none", "scaled", "replace", "null_space")
 
 
 # -- building from plain data ------------------------------------------------------------
@@ -260,11 +264,26 @@ def validate(s: Scenario) -> None:
                 )
             if w.p > 32:
                 raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
+        fa_params = dict(path.params)
+        if path.via == "offload":
+            if path.rule != "fa":
+                raise ScenarioError(f"{key}.rule: the offload path runs FA; got {path.rule!r}")
+            if w.p > 32:
+                raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
+            off = {k: fa_params.pop(k) for k in list(fa_params) if k in OFFLOAD_PARAMS}
+            if not 12 <= off.get("W", 24) <= 32:
+                raise ScenarioError(f"{key}.params.W: word length must be in 12..32")
+            if not 2 <= off.get("b", 16) <= 31:
+                raise ScenarioError(f"{key}.params.b: sketch bits must be in 2..31")
+            if off.get("k_prime", 4096) < 1:
+                raise ScenarioError(f"{key}.params.k_prime: must be >= 1")
+            _choice(f"{key}.params.phase2_attack", off.get("phase2_attack", "none"),
+                    PHASE2_ATTACKS)
         if path.name in seen:
             raise ScenarioError(f"{key}.label: two paths are named {path.name!r}; set label")
         seen.add(path.name)
         try:
-            rule = aggregators.get(path.rule, **{"f": w.f, **path.params})
+            rule = aggregators.get(path.rule, **{"f": w.f, **fa_params})
         except ValueError as err:
             raise ScenarioError(f"{key}.params: {err}") from None
         if rule.requirement is not None:

@@ -27,7 +27,7 @@ from host.ps import ParameterServer
 from host.switch_allreduce import SwitchAllreduce
 from host.worker import WorkerPool, evaluate
 from innet import aggregators, attacks
-from innet.config import AggregationPath, Scenario, to_dict
+from innet.config import OFFLOAD_PARAMS, AggregationPath, Scenario, to_dict
 from innet.devices import pick_device
 from p4_models import streaming_sum, tofino1
 
@@ -88,6 +88,25 @@ def build_switch(scenario: Scenario, **kwargs) -> SwitchAllreduce:
     )
 
 
+def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllreduce):
+    """The two-phase FA offload of an ``offload`` path (host.fa_offload)."""
+    from host import fa_offload
+
+    params = {**OFFLOAD_PARAMS, **path.params}
+    fa_params = {k: v for k, v in params.items() if k not in OFFLOAD_PARAMS}
+    byz = list(range(scenario.workers.f))
+    off = fa_offload.OffloadedFA(
+        scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"], W=params["W"],
+        b=params["b"], seed=scenario.seed, switch=switch, defences=params["defences"],
+        **fa_params)
+    attack = params["phase2_attack"]
+    if attack != "none" and byz:
+        off.phase2_attack = {"scaled": fa_offload.scaled_phase2,
+                             "replace": fa_offload.replace_phase2,
+                             "null_space": fa_offload.null_space_phase2}[attack](byz)
+    return off
+
+
 def time_model(scenario: Scenario) -> TimeModel:
     n = scenario.network
     recirculations = streaming_sum(n.k, max(n.pool_size, 1)).report(tofino1).recirculations
@@ -128,11 +147,13 @@ def run_path(
     gradient_attack = attack if attack is not None and attack.kind == "gradient" else None
     byz_index = torch.tensor(byzantine, dtype=torch.long, device=device)
     attack_gen = torch.Generator().manual_seed(scenario.seed + 2)
-    rule = aggregators.get(path.rule, **{"f": w.f, **path.params})
+    fa_params = {k: v for k, v in path.params.items() if k not in OFFLOAD_PARAMS}
+    rule = aggregators.get(path.rule, **{"f": w.f, **fa_params})
     ps = ParameterServer(
         model, rule, t.lr, t.momentum, t.weight_decay, t.milestones, t.gamma, t.nonfinite
     )
-    switch = build_switch(scenario) if path.via == "switch" else None
+    switch = build_switch(scenario) if path.via in ("switch", "offload") else None
+    offload = build_offload(scenario, path, switch) if path.via == "offload" else None
     switch_totals: dict[str, Any] = {}
     clock = time_model(scenario)
     modelled = 0.0  # seconds of modelled aggregation time so far
@@ -147,7 +168,23 @@ def run_path(
         if gradient_attack is not None:
             G = gradient_attack(G, byz_index, attack_gen)
         extra: dict[str, Any] = {}
-        if switch is None:
+        if offload is not None:  # sketch → control-plane FA → weighted sum in the switch
+            tick = time.perf_counter()
+            total, ost = offload.aggregate(G)
+            ps.aggregate_seconds += time.perf_counter() - tick
+            ps.apply(torch.from_numpy(total).to(device, torch.float32))
+            step_stats = {"fallback_steps": int(ost.fallback),
+                          "checks_failed": len(ost.checks_failed),
+                          "clamped_values": ost.clamped_values}
+            if ost.phase2 is not None:
+                modelled += clock.switch_step_s(ost.phase2.round_log, scenario.network.k)
+                step_stats.update(ost.phase2.as_dict())
+            modelled += (clock.serialise_s(ost.sketch_bytes_per_worker)
+                         + 2e-6 * clock.latency_us + ost.control_plane_s)
+            add_stats(switch_totals, step_stats)
+            extra = {"offload_fallback": int(ost.fallback),
+                     "checks_failed": len(ost.checks_failed)}
+        elif switch is None:
             before = ps.aggregate_seconds
             ps.step(G)
             modelled += clock.ps_step_s(w.p, G.shape[1], ps.aggregate_seconds - before,

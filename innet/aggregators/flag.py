@@ -70,9 +70,11 @@ def default_m(p: int) -> int:
     return math.ceil((p + 1) / 2)
 
 
-def _sym_sqrt(S: torch.Tensor) -> torch.Tensor:
+def _sym_sqrt(S: torch.Tensor, eigh=torch.linalg.eigh) -> torch.Tensor:
     """Square root of a symmetric positive semidefinite matrix."""
-    evals, evecs = torch.linalg.eigh(S)
+    if torch.count_nonzero(S - torch.diag(torch.diagonal(S))) == 0:  # λ = 0: S is diagonal
+        return torch.diag(torch.sqrt(torch.clamp(torch.diagonal(S), min=0.0)))
+    evals, evecs = eigh(S)
     return (evecs * torch.sqrt(torch.clamp(evals, min=0.0))) @ evecs.T
 
 
@@ -103,8 +105,12 @@ class FlagAggregator(Aggregator):
         mode: str = "paper",
         output: str | None = None,
         seed: int = 0,
+        eigh=None,
     ):
         super().__init__(f)
+        #: the p×p symmetric eigensolver (ascending, like torch.linalg.eigh); the FA
+        #: offload passes the fixed-point one of innet.quant.fixed_eigen
+        self.eigh = torch.linalg.eigh if eigh is None else eigh
         if mode not in MODES:
             raise ValueError(f"fa: mode must be one of {MODES}, got {mode!r}")
         if output is None:
@@ -158,11 +164,10 @@ class FlagAggregator(Aggregator):
             S = S + 2.0 * (torch.diag(omega.sum(dim=1)) - omega)
         return w, S
 
-    @staticmethod
-    def _subspace(K: torch.Tensor, S: torch.Tensor, m: int) -> torch.Tensor:
+    def _subspace(self, K: torch.Tensor, S: torch.Tensor, m: int) -> torch.Tensor:
         """C (p, m) with Y = U·C the top-m left singular vectors of U·S^½."""
-        root = _sym_sqrt(S)
-        evals, V = torch.linalg.eigh(root @ K @ root)
+        root = _sym_sqrt(S, self.eigh)
+        evals, V = self.eigh(root @ K @ root)
         evals, V = evals.flip(0)[:m], V.flip(1)[:, :m]
         keep = evals > 1e-13 * max(float(evals[0]), 1e-300)
         inv_sigma = torch.where(keep, torch.rsqrt(torch.where(keep, evals, 1.0)), 0.0)

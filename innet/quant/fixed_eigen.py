@@ -192,3 +192,15 @@ def accurate_bits(approx: np.ndarray, exact: np.ndarray) -> float:
     """−log2 of the relative max error (how many leading bits agree)."""
     err = np.max(np.abs(approx - exact)) / max(np.max(np.abs(exact)), 1e-300)
     return float(-np.log2(max(err, 2.0**-64)))
+
+
+def torch_eigh(W: int = 24, **kw):
+    """A drop-in for ``torch.linalg.eigh`` on small CPU float64 matrices that runs the
+    fixed-point solver (for ``FlagAggregator(eigh=...)``)."""
+    import torch
+
+    def eigh(A):
+        evals, vecs = eigh_fixed(A.detach().cpu().numpy(), W, **kw)
+        return torch.from_numpy(evals), torch.from_numpy(vecs)
+
+    return eigh

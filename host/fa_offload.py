@@ -1,0 +1,213 @@
+"""Two-phase in-network Flag Aggregator.
+
+FA needs only the p×p Gram matrix of the gradients and returns a weighted sum G·c
+(REFERENCE §1.4), so the work splits in two:
+
+* **phase 1 (sketch)**: each worker sends its gradient norm and a k′-value CountSketch
+  of its normalised gradient — coordinate j goes to bucket h(j) with sign σ(j), both
+  from a seed all workers share, so the sketch needs additions only — quantised to b
+  bits with one exponent per worker. The switch stores the p sketches in registers
+  (``p4_models.sketch_store``); the control plane forms the sketched Gram matrix from
+  the integer sketches and runs FA's IRLS with the fixed-point Jacobi eigensolver
+  (``innet.quant.fixed_eigen``, word length W) → coefficients c.
+* **phase 2 (sum)**: worker i streams c_i·g_i through the streaming-sum program
+  (block floating point, retransmission, fallback: ``host.switch_allreduce``); the
+  sum is the aggregate.
+
+Phase 2 is where a Byzantine worker can lie: it can send an honest sketch and then a
+different vector. Two switch-feasible defences, both set by the control plane:
+
+* **checksum**: per step the control plane draws a secret subset R of the sketch
+  buckets and secret signs ρ_r. The switch adds, per worker, ρ_h(j)·σ(j)·v_j over the
+  coordinates j of its phase-2 stream whose bucket is in R (additions and
+  subtractions only; h and σ are the public hashes). For an honest worker the total
+  equals c_i·‖g_i‖·Σ_{r∈R} ρ_r·ŷ_ir, which the control plane knows from phase 1, up
+  to quantisation. A mismatch beyond the tolerance sends the step to the PS, which
+  runs full FA on the float gradients (the fallback is counted).
+* **bound**: the switch clamps every phase-2 value of worker i to ±|c_i|·‖g_i‖ (a
+  saturating min/max per lane), so no single coordinate can exceed what an honest
+  c_i·g_i could hold, and counts the clamps.
+
+What they catch: any phase-2 vector whose sketch differs from c_i·ŷ_i·‖g_i‖ on the
+secret buckets — scaling, sign flips, a different gradient, noise. What they cannot
+catch: a deviation δ in the null space of the public sketch (Sδ = 0, e.g. +a on one
+coordinate and ∓a on another coordinate of the same bucket): its checksum is zero for
+every R. The bound limits such a δ per coordinate, not in norm; its damage is
+measured, not prevented (``null_space`` attack, docs/FA_OFFLOAD.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from host.switch_allreduce import AllreduceStats, SwitchAllreduce
+from innet.aggregators.flag import FlagAggregator
+from innet.quant.fixed_eigen import torch_eigh
+
+
+class CountSketch:
+    """S (k′ × n) with one ±1 per column: y = S·x adds σ(j)·x_j into bucket h(j)."""
+
+    def __init__(self, n: int, k_prime: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.n, self.k_prime = n, k_prime
+        self.bucket = rng.integers(0, k_prime, size=n)
+        self.sign = rng.choice(np.array([-1.0, 1.0]), size=n)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """Sketch the rows of X (p × n) → (p × k′)."""
+        X = np.atleast_2d(X)
+        return np.stack([np.bincount(self.bucket, weights=self.sign * x, minlength=self.k_prime)
+                         for x in X])
+
+
+def quantise_rows(Y: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """b-bit integers per row with one scale per row: Y ≈ Q · scale[:, None]."""
+    peak = np.abs(Y).max(axis=1)
+    top = 2 ** (bits - 1) - 1
+    scale = np.where(peak > 0, peak / top, 1.0)
+    return np.rint(Y / scale[:, None]).astype(np.int64), scale
+
+
+@dataclass
+class OffloadStats:
+    checks_failed: list[int] = field(default_factory=list)  #: workers whose checksum failed
+    fallback: bool = False  #: the step went to the PS (full FA)
+    clamped_values: int = 0  #: phase-2 values the switch bound clamped
+    sketch_bytes_per_worker: int = 0
+    control_plane_s: float = 0.0  #: measured: sketched Gram + FA IRLS, fixed-point eigen
+    phase2: AllreduceStats | None = None
+
+
+class OffloadedFA:
+    """FA split between the switch and its control plane (see the module docstring).
+
+    ``k_prime`` sketch size, ``W`` eigensolver word length, ``b`` sketch bits; the
+    other FA parameters go to :class:`FlagAggregator`. ``switch`` is the phase-2
+    allreduce (default: a lossless one). ``defences`` turns the checksum and the bound
+    on. ``tol`` is the checksum tolerance, relative to the honest checksum's scale.
+    """
+
+    def __init__(self, p: int, f: int = 0, k_prime: int = 4096, W: int = 24, b: int = 16,
+                 seed: int = 0, switch: SwitchAllreduce | None = None, defences: bool = True,
+                 tol: float = 0.02, check_buckets: int = 256, **fa_params):
+        if not 2 <= b <= 31:
+            raise ValueError(f"sketch bits b must be in 2..31, got {b}")
+        if k_prime < 1:
+            raise ValueError(f"k_prime must be >= 1, got {k_prime}")
+        self.p, self.f, self.k_prime, self.W, self.b = p, f, k_prime, W, b
+        self.seed, self.defences, self.tol = seed, defences, tol
+        self.check_buckets = min(check_buckets, k_prime)
+        self.fa = FlagAggregator(f=f, eigh=torch_eigh(W), **fa_params)
+        self.full = FlagAggregator(f=f, **fa_params)  # the PS fallback
+        self.switch = switch or SwitchAllreduce(p, 64, 512, seed=seed)
+        self._sketch: CountSketch | None = None
+        self._secret = np.random.default_rng(seed + 7919)  # the control plane's, not shared
+        self.step = 0
+        #: optional f(V, honest c, sketch) -> V: what Byzantine workers send in phase 2
+        self.phase2_attack = None
+
+    def sketch_of(self, n: int) -> CountSketch:
+        if self._sketch is None or self._sketch.n != n:
+            self._sketch = CountSketch(n, self.k_prime, self.seed)
+        return self._sketch
+
+    # -- phase 1 ---------------------------------------------------------------------
+    def coefficients(self, G: np.ndarray):
+        """Phase 1: norms, quantised sketches, the sketched Gram, FA's c (control plane)."""
+        norms = np.linalg.norm(G, axis=1)
+        unit = G / np.where(norms > 0, norms, 1.0)[:, None]
+        Yq, scale = quantise_rows(self.sketch_of(G.shape[1])(unit), self.b)
+        dots = (Yq @ Yq.T).astype(np.float64)  # exact integer Gram of the sketches
+        sk_norm = np.sqrt(np.diag(dots))
+        safe = np.where(sk_norm > 0, sk_norm, 1.0)
+        cos = dots / np.outer(safe, safe)
+        Kg = cos * np.outer(norms, norms)  # ‖g_i‖‖g_j‖·cos from the sketch
+        result = self.fa.solve_gram(torch.from_numpy(Kg))
+        return result.c.numpy(), norms, Yq, scale
+
+    # -- phase 2 ---------------------------------------------------------------------
+    def aggregate(self, G) -> tuple[np.ndarray, OffloadStats]:
+        """The offloaded FA aggregate of G (p × n) and what happened."""
+        G = G.detach().cpu().numpy() if isinstance(G, torch.Tensor) else np.asarray(G)
+        G = G.astype(np.float64)
+        stats = OffloadStats(sketch_bytes_per_worker=self.k_prime * self.b // 8 + 4)
+        tick = time.perf_counter()
+        c, norms, Yq, scale = self.coefficients(G)
+        stats.control_plane_s = time.perf_counter() - tick
+        V = c[:, None] * G  # what honest workers send
+        if self.phase2_attack is not None:
+            V = self.phase2_attack(V.copy(), c, self.sketch_of(G.shape[1]))
+        if self.defences:
+            bound = np.abs(c) * norms
+            over = np.abs(V) > bound[:, None]
+            stats.clamped_values = int(over.sum())
+            V = np.clip(V, -bound[:, None], bound[:, None])
+            stats.checks_failed = self._check(V, c, norms, Yq, scale)
+        if stats.checks_failed:
+            stats.fallback = True  # the PS runs full FA on the float gradients
+            self.step += 1
+            return self.full.solve(torch.from_numpy(G)).aggregate.numpy(), stats
+        total, stats.phase2 = self.switch.allreduce(V.astype(np.float32))
+        self.step += 1
+        return total, stats
+
+    def _check(self, V, c, norms, Yq, scale) -> list[int]:
+        """The secret ±1 checksum of each worker's phase-2 stream against phase 1."""
+        sk = self.sketch_of(V.shape[1])
+        R = self._secret.choice(self.k_prime, size=self.check_buckets, replace=False)
+        rho = np.zeros(self.k_prime)
+        rho[R] = self._secret.choice(np.array([-1.0, 1.0]), size=len(R))
+        s = rho[sk.bucket] * sk.sign  # the switch's per-coordinate multiplier, in {−1, 0, 1}
+        observed = V @ s
+        y = Yq * scale[:, None]  # phase-1 sketches, dequantised
+        expected = c * norms * (y @ rho)
+        # honest deviation: the sketch's b-bit rounding on the |R| secret buckets and
+        # phase 2's own rounding; scale by the checksum's natural size
+        size = np.abs(c) * norms * np.sqrt((y[:, R] ** 2).sum(axis=1))
+        slack = self.tol * size + np.abs(c) * norms * len(R) * scale
+        return np.flatnonzero(np.abs(observed - expected) > slack + 1e-12).tolist()
+
+
+# -- phase-2 attacks (the worker sent an honest sketch in phase 1) ---------------------
+def scaled_phase2(byzantine: list[int], factor: float = -10.0):
+    """Send factor·c_i·g_i instead of c_i·g_i."""
+    def attack(V, c, sketch):
+        V[byzantine] *= factor
+        return V
+    return attack
+
+
+def replace_phase2(byzantine: list[int], seed: int = 0):
+    """Send a random vector of the same norm as c_i·g_i."""
+    def attack(V, c, sketch):
+        rng = np.random.default_rng(seed)
+        for i in byzantine:
+            r = rng.normal(size=V.shape[1])
+            V[i] = r * np.linalg.norm(V[i]) / np.linalg.norm(r)
+        return V
+    return attack
+
+
+def null_space_phase2(byzantine: list[int], magnitude: float = 1.0):
+    """Add δ with Sδ = 0 for the public sketch: in every bucket, pair coordinates and
+    push them in opposite sketch directions (+a·σ on one, −a·σ on the other), with
+    a = magnitude × the largest |c_i·g_ij| (so the bound does not clip it)."""
+    def attack(V, c, sketch):
+        order = np.argsort(sketch.bucket, kind="stable")
+        b = sketch.bucket[order]
+        same = np.flatnonzero(b[1:] == b[:-1])
+        same = same[np.concatenate([[True], np.diff(same) > 1])] if len(same) else same
+        first, second = order[same], order[same + 1]
+        for i in byzantine:
+            a = magnitude * np.abs(V[i]).max()
+            # aim δ against the honest direction: on `first` push opposite to the sum
+            push = -np.sign(V.sum(axis=0)[first]) * a
+            V[i, first] += push
+            V[i, second] -= push * sketch.sign[first] * sketch.sign[second]
+        return V
+    return attack
