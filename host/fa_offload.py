@@ -73,6 +73,18 @@ def quantise_rows(Y: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(Y / scale[:, None]).astype(np.int64), scale
 
 
+def integer_gram(Yq: np.ndarray) -> np.ndarray:
+    """Y Yᵀ of integer sketches, exact in int64 up to the final float64: values of more
+    than 16 bits are split into 16-bit halves so no partial product overflows."""
+    Yq = np.asarray(Yq, dtype=np.int64)
+    if np.abs(Yq).max(initial=0) < 2**15:
+        return (Yq @ Yq.T).astype(np.float64)
+    hi, lo = Yq >> 16, Yq & 0xFFFF  # Yq = hi·2^16 + lo, 0 ≤ lo < 2^16
+    return (np.ldexp((hi @ hi.T).astype(np.float64), 32)
+            + np.ldexp((hi @ lo.T + lo @ hi.T).astype(np.float64), 16)
+            + (lo @ lo.T).astype(np.float64))
+
+
 @dataclass
 class OffloadStats:
     checks_failed: list[int] = field(default_factory=list)  #: workers whose checksum failed
@@ -122,7 +134,7 @@ class OffloadedFA:
         norms = np.linalg.norm(G, axis=1)
         unit = G / np.where(norms > 0, norms, 1.0)[:, None]
         Yq, scale = quantise_rows(self.sketch_of(G.shape[1])(unit), self.b)
-        dots = (Yq @ Yq.T).astype(np.float64)  # exact integer Gram of the sketches
+        dots = integer_gram(Yq)
         sk_norm = np.sqrt(np.diag(dots))
         safe = np.where(sk_norm > 0, sk_norm, 1.0)
         cos = dots / np.outer(safe, safe)

@@ -119,3 +119,15 @@ def test_offloaded_fa_trains_within_a_point_of_ps_fa(tmp_path):
     assert abs(ps["final_test_accuracy"] - off["final_test_accuracy"]) <= 0.01
     assert off["final_test_accuracy"] > 0.85
     assert off["switch"]["fallback_steps"] == 0
+
+
+def test_integer_gram_is_exact_for_wide_sketches():
+    from host.fa_offload import integer_gram
+
+    rng = np.random.default_rng(3)
+    Y = rng.integers(-(2**30), 2**30, size=(4, 5000))
+    exact = np.array([[sum(int(a) * int(b) for a, b in zip(Y[i], Y[j])) for j in range(4)]
+                      for i in range(4)], dtype=object)
+    got = integer_gram(Y)
+    assert all(abs(int(got[i, j]) - exact[i, j]) <= abs(exact[i, j]) * 2**-52 * 4
+               for i in range(4) for j in range(4))
