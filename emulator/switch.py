@@ -204,13 +204,6 @@ class SumSwitch:
         self.packets_in = 0
         self._out = None
 
-    def clear_set(self, shadow: int) -> None:
-        """Control plane: reset every slot of one shadow set (after a failed window)."""
-        lo = shadow * self.pool_size
-        self.counter[lo:lo + self.pool_size] = 0
-        self.overflow[lo:lo + self.pool_size] = 0
-        self.bitmap &= ~np.uint64(0xFFFFFFFF << (32 * shadow))
-
     def clear_slots(self, slots: np.ndarray, shadows: np.ndarray) -> None:
         """Control plane: reset some slots, each in one shadow set (a failed window)."""
         slots = np.asarray(slots, dtype=np.int64)

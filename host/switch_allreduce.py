@@ -51,7 +51,7 @@ import numba
 import numpy as np
 
 from emulator.network import Link, LinkModel, link_arrays, store_states, transmit_into
-from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, switch_packet
+from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, default_lanes, switch_packet
 from innet.protocol import decode, encode, flag, packet_dtype
 from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
 
@@ -315,7 +315,7 @@ class SwitchAllreduce:
             down_params, down_state = link_arrays(self.down)
             counts = np.zeros(6, np.int64)
             log = np.zeros((self.max_retries + 1, 5), np.int64)
-            lanes = min(sw.lanes, 1 << (numba.get_num_threads().bit_length() - 1))
+            lanes = min(sw.lanes, default_lanes())
             drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
             Qa = (np.ascontiguousarray(Q, dtype=np.int32).reshape(-1, k) if mode == PAYLOAD_Q
                   else np.zeros((1, k), np.int32))
@@ -381,16 +381,19 @@ class SwitchAllreduce:
                     continue
                 arrived = records[self.down[w].transmit(len(records))]
                 stats.results_lost += len(records) - len(np.unique(arrived))
-                for r in arrived:
-                    s = int(dh["slot"][r])
-                    if not want[w, s]:
-                        stats.duplicate_results += 1
-                        continue
-                    want[w, s] = False
-                    if not have[s]:
-                        result[s] = dvalues[r]
-                        exp[s], have[s] = dh["exponent"][r], True
-                        ovf[s] = (dh["flags"][r] & flag("OVERFLOW")) != 0
+                # first copy of each slot's result; later copies are dropped duplicates
+                slots, first = np.unique(dh["slot"][arrived], return_index=True)
+                recs = arrived[first]
+                fresh = want[w, slots]
+                stats.duplicate_results += len(arrived) - int(fresh.sum())
+                recs, slots = recs[fresh], slots[fresh]
+                want[w, slots] = False
+                new = ~have[slots]
+                recs, slots = recs[new], slots[new]
+                result[slots] = dvalues[recs]
+                exp[slots] = dh["exponent"][recs]
+                ovf[slots] = (dh["flags"][recs] & flag("OVERFLOW")) != 0
+                have[slots] = True
             if not want[live].any():
                 break
 

@@ -108,17 +108,11 @@ def _add_pcap(sub) -> None:
 
 
 def cmd_pcap(args) -> int:
-    import tomllib
-
     from innet import experiment
     from innet.protocol import flag
     from innet.protocol.pcap import write_pcap
 
-    data = {}
-    if args.scenario:
-        with open(args.scenario, "rb") as fh:
-            data = tomllib.load(fh)
-    scenario = config.from_dict(data)
+    scenario = config.load(args.scenario) if args.scenario else config.from_dict({})
     if args.steps < 1 or args.max_packets < 1:
         raise config.ScenarioError("--steps and --max-packets must be >= 1")
     packets, stats = experiment.capture_packets(scenario, args.steps, args.max_packets)

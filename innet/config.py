@@ -113,6 +113,12 @@ OFFLOAD_PARAMS = {"k_prime": 4096, "W": 24, "b": 16, "defences": True,
 PHASE2_ATTACKS = ("none", "scaled", "replace", "null_space")
 
 
+def split_offload_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the offload's own parameters with defaults filled in, FA's parameters)."""
+    fa = {k: v for k, v in params.items() if k not in OFFLOAD_PARAMS}
+    return {**OFFLOAD_PARAMS, **{k: params[k] for k in params if k in OFFLOAD_PARAMS}}, fa
+
+
 # -- building from plain data ------------------------------------------------------------
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
@@ -264,21 +270,21 @@ def validate(s: Scenario) -> None:
                 )
             if w.p > 32:
                 raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
-        fa_params = dict(path.params)
+        off, fa_params = split_offload_params(path.params)
         if path.via == "offload":
             if path.rule != "fa":
                 raise ScenarioError(f"{key}.rule: the offload path runs FA; got {path.rule!r}")
             if w.p > 32:
                 raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
-            off = {k: fa_params.pop(k) for k in list(fa_params) if k in OFFLOAD_PARAMS}
-            if not 12 <= off.get("W", 24) <= 32:
+            if not 12 <= off["W"] <= 32:
                 raise ScenarioError(f"{key}.params.W: word length must be in 12..32")
-            if not 2 <= off.get("b", 16) <= 31:
+            if not 2 <= off["b"] <= 31:
                 raise ScenarioError(f"{key}.params.b: sketch bits must be in 2..31")
-            if off.get("k_prime", 4096) < 1:
+            if off["k_prime"] < 1:
                 raise ScenarioError(f"{key}.params.k_prime: must be >= 1")
-            _choice(f"{key}.params.phase2_attack", off.get("phase2_attack", "none"),
-                    PHASE2_ATTACKS)
+            _choice(f"{key}.params.phase2_attack", off["phase2_attack"], PHASE2_ATTACKS)
+        else:
+            fa_params = dict(path.params)  # other paths take every parameter as the rule's
         if path.name in seen:
             raise ScenarioError(f"{key}.label: two paths are named {path.name!r}; set label")
         seen.add(path.name)

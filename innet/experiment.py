@@ -27,7 +27,7 @@ from host.ps import ParameterServer
 from host.switch_allreduce import SwitchAllreduce
 from host.worker import WorkerPool, evaluate
 from innet import aggregators, attacks
-from innet.config import OFFLOAD_PARAMS, AggregationPath, Scenario, to_dict
+from innet.config import AggregationPath, Scenario, split_offload_params, to_dict
 from innet.devices import pick_device
 from p4_models import streaming_sum, tofino1
 
@@ -92,8 +92,7 @@ def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllre
     """The two-phase FA offload of an ``offload`` path (host.fa_offload)."""
     from host import fa_offload
 
-    params = {**OFFLOAD_PARAMS, **path.params}
-    fa_params = {k: v for k, v in params.items() if k not in OFFLOAD_PARAMS}
+    params, fa_params = split_offload_params(path.params)
     byz = list(range(scenario.workers.f))
     off = fa_offload.OffloadedFA(
         scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"], W=params["W"],
@@ -147,8 +146,9 @@ def run_path(
     gradient_attack = attack if attack is not None and attack.kind == "gradient" else None
     byz_index = torch.tensor(byzantine, dtype=torch.long, device=device)
     attack_gen = torch.Generator().manual_seed(scenario.seed + 2)
-    fa_params = {k: v for k, v in path.params.items() if k not in OFFLOAD_PARAMS}
-    rule = aggregators.get(path.rule, **{"f": w.f, **fa_params})
+    rule_params = (split_offload_params(path.params)[1] if path.via == "offload"
+                   else path.params)
+    rule = aggregators.get(path.rule, **{"f": w.f, **rule_params})
     ps = ParameterServer(
         model, rule, t.lr, t.momentum, t.weight_decay, t.milestones, t.gamma, t.nonfinite
     )

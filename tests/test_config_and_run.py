@@ -140,3 +140,8 @@ def test_cli_pcap_writes_packets_wireshark_can_read(tmp_path, capsys):
 def test_cli_inspect_reports_fit(capsys):
     assert main(["inspect", "streaming_sum", "-k", "64"]) == 0
     assert "FITS" in capsys.readouterr().out
+
+
+def test_cli_pcap_reports_a_missing_scenario(tmp_path, capsys):
+    assert main(["pcap", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "x.pcap")]) == 2
+    assert "does not exist" in capsys.readouterr().err
