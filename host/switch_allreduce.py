@@ -50,7 +50,16 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from emulator.network import Link, LinkModel, link_arrays, store_states, transmit_into
+from emulator.network import (
+    P_DOWN_FROM,
+    P_DOWN_TO,
+    P_LOSSLESS,
+    Link,
+    LinkModel,
+    link_arrays,
+    store_states,
+    transmit_into,
+)
 from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, default_lanes, switch_packet
 from innet.protocol import decode, encode, flag, packet_dtype
 from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
@@ -282,7 +291,10 @@ class SwitchAllreduce:
             return [Link(m, seed * 1_000_003 + offset + i) for i, m in enumerate(models)]
 
         self.up, self.down = links(up, 0), links(down, 1000)
-        self.silent: set[int] = set()  #: workers that never send (crashed)
+        self.silent: set[int] = set()  #: workers that never send (crashed before the step)
+        #: workers that crashed: nobody waits for their results and the PS fallback
+        #: cannot read their rows (see :meth:`crash`)
+        self.dead: set[int] = set()
         #: optional f(Q, window) -> Q: what Byzantine workers do to the integers they send
         self.tamper = None
         self.step = 0
@@ -291,6 +303,19 @@ class SwitchAllreduce:
         self._captured: list[np.ndarray] = []
         self._set = np.zeros(max(pool_size, 1), np.int32)  #: next shadow set of each slot
         self._send: np.ndarray | None = None
+
+    def crash(self, worker: int, after_rounds: int = 1) -> None:
+        """``worker`` dies mid-step: its links carry ``after_rounds`` more rounds, then
+        nothing, for good. Its unfinished slots time out and go to the PS fallback,
+        which sums the live workers' rows (scaled to p). The control plane is
+        expected to evict the worker before the next step (a new job of p − 1)."""
+        if not 0 <= worker < self.p:
+            raise ValueError(f"worker must be in 0..{self.p - 1}, got {worker}")
+        for link in (self.up[worker], self.down[worker]):
+            link.params[P_LOSSLESS] = 0.0
+            link.params[P_DOWN_FROM] = link.batches + after_rounds
+            link.params[P_DOWN_TO] = np.inf
+        self.dead.add(worker)
 
     # -- one window of chunks ----------------------------------------------------------
     def _window(self, mode, Q, e_next, m, stats):
@@ -331,7 +356,8 @@ class SwitchAllreduce:
             sw.packets_in += int(log[:rounds, LOG_UP].sum())
             stats.add_counts(counts)
             stats.round_log.extend(tuple(int(x) for x in row) for row in log[:rounds])
-        done = ~want[live].any(axis=0) & have
+        waiting = np.array([w not in self.silent and w not in self.dead for w in range(p)])
+        done = ~want[waiting].any(axis=0) & have
         if not done.all():  # control plane: free the stuck slots before the set is reused
             stuck = np.flatnonzero(~done)
             sw.clear_slots(stuck, shadow[stuck])
@@ -429,6 +455,7 @@ class SwitchAllreduce:
             stats.fallback_chunks["no_slots"] = C
             X.sum(axis=0, dtype=np.float64, out=out)
             return out, stats
+        drops_before = self.switch.drops.copy()
         P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
         windows = -(-C // P)
         e_pad = np.full((p, (windows + 1) * P), EXP_MIN, np.int32)
@@ -463,8 +490,13 @@ class SwitchAllreduce:
         if fallback.any():  # ATP-like: the PS sums the affected chunks in float
             cols = (np.flatnonzero(fallback)[:, None] * k + np.arange(k)).reshape(-1)
             cols = cols[cols < n]
-            out[cols] = X[:, cols].sum(axis=0, dtype=np.float64)
-        stats.switch_drops = self.switch.drop_counts()
+            rows = [w for w in range(p) if w not in self.silent and w not in self.dead]
+            if len(rows) == p:
+                out[cols] = X[:, cols].sum(axis=0, dtype=np.float64)
+            else:  # the PS has only the live workers' rows: scale their sum up to p
+                out[cols] = X[rows][:, cols].sum(axis=0, dtype=np.float64) * (p / len(rows))
+        # this call's drops (the switch's counters run across calls)
+        stats.switch_drops = dict(zip(DROP_REASONS, (self.switch.drops - drops_before).tolist()))
         self.step += 1
         return out, stats
 

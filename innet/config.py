@@ -7,7 +7,10 @@ with a :class:`ScenarioError` that names the offending key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
+import re
 import tomllib
 import types
 import typing
@@ -54,6 +57,17 @@ class Training:
 
 
 @dataclass
+class LinkOverride:
+    """One worker's link, overriding the network-wide loss settings (unset = inherit)."""
+
+    worker: int = -1  #: worker id
+    up_loss: float | None = None  #: Bernoulli loss, worker → switch
+    down_loss: float | None = None  #: Bernoulli loss, switch → worker
+    up_burst: list[float] | None = None  #: Gilbert–Elliott (p_gb, p_bg, l_g, l_b), up
+    down_burst: list[float] | None = None  #: Gilbert–Elliott, down
+
+
+@dataclass
 class Network:
     """Links between workers and the switch (used by ``via = "switch"`` paths)."""
 
@@ -67,6 +81,12 @@ class Network:
     pool_size: int = 512  #: switch slots per shadow set for the job
     max_retries: int = 20  #: timeouts before a chunk goes to the PS fallback
     failed_port: list[int] = field(default_factory=list)  #: [worker, from_round, to_round]
+    links: list[LinkOverride] = field(default_factory=list)  #: per-link loss settings
+    #: True: lost packets are retransmitted (switch paths; PS paths use a reliable
+    #: transport). False: what is lost stays lost on every path — the receiver (PS or
+    #: switch) fills the lost packets' values with zeros (the seeds' loss experiment).
+    recovery: bool = True
+    crash: list[int] = field(default_factory=list)  #: [worker, step]: it dies mid-step
     # the time model (emulator.timing): what a step would take on a real rack
     bandwidth_gbps: float = 100.0  #: every host ↔ switch link
     latency_us: float = 1.0  #: one way, host ↔ switch
@@ -89,6 +109,14 @@ class AggregationPath:
 
 
 @dataclass
+class Report:
+    """What the report says next to its figures."""
+
+    claim: str = ""  #: the seeds' claim this scenario reproduces (REFERENCE §1.5)
+    x: str = ""  #: sweep key on the x axis of "final accuracy vs …" (default: the first)
+
+
+@dataclass
 class Scenario:
     name: str = "default"
     seed: int = 0
@@ -103,6 +131,9 @@ class Scenario:
             AggregationPath(rule=r) for r in ("mean", "median", "multi_krum", "bulyan", "fa")
         ]
     )
+    #: a grid: dotted scenario key → list of values (``innet sweep``; ``innet run`` too)
+    sweep: dict[str, Any] = field(default_factory=dict)
+    report: Report = field(default_factory=Report)
 
 
 VIAS = ("ps", "switch", "offload")
@@ -139,8 +170,9 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ScenarioError(f"{key}: expected a table, got {type(value).__name__}")
         return dict(value)
-    if origin in (typing.Union, types.UnionType):  # pragma: no cover - not used yet
-        return value
+    if origin in (typing.Union, types.UnionType):  # X | None: TOML has no null
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _check_type(key, value, inner)
     raise ScenarioError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
@@ -162,7 +194,8 @@ def _build(cls, data: dict[str, Any], prefix: str):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, key)
-        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        elif (typing.get_origin(hint) is list
+              and dataclasses.is_dataclass(typing.get_args(hint)[0])):
             if not isinstance(value, list):
                 raise ScenarioError(f"{key}: expected an array of tables")
             item = typing.get_args(hint)[0]
@@ -192,8 +225,103 @@ def load(path: str | Path) -> Scenario:
     return from_dict(data)
 
 
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
 def to_dict(scenario: Scenario) -> dict[str, Any]:
-    return dataclasses.asdict(scenario)
+    """Plain data (TOML-writable: unset optional fields are left out) that
+    :func:`from_dict` turns back into the same scenario."""
+    return _drop_none(dataclasses.asdict(scenario))
+
+
+# -- sweeps --------------------------------------------------------------------------------
+_TOKEN = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)|\[(\d+)\]")
+
+
+def _key_path(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    rest = key
+    while rest:
+        m = _TOKEN.match(rest)
+        if m is None:
+            raise ScenarioError(f"sweep: cannot read key {key!r} (use e.g. workers.f or "
+                                f"paths[0].params.lam)")
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        rest = rest[m.end():]
+        if rest.startswith("."):
+            rest = rest[1:]
+    return parts
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (``workers.f``, ``paths[1].params.lam``) in plain scenario data."""
+    parts = _key_path(key)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ScenarioError(f"sweep: {key}: there is no {'.'.join(map(str, parts[:i]))}"
+                                    f"[{part}]")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise ScenarioError(f"sweep: {key}: {part} is not inside a table")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(last, int) or not isinstance(node, dict):
+        raise ScenarioError(f"sweep: {key}: must name a value inside a table")
+    node[last] = value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "-".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "-".join(f"{k}{_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """Folder name of a sweep point, e.g. ``workers.f=1,network.recovery=false``."""
+    text = ",".join(f"{k}={_fmt(v)}" for k, v in values.items())
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "", text.replace("[", "").replace("]", "")) or "base"
+
+
+def sweep_points(scenario: Scenario) -> list[tuple[str, dict[str, Any], Scenario]]:
+    """The grid of a scenario's ``sweep`` table: (folder name, {key: value}, scenario)
+    for every point, in order (the cartesian product, last key fastest). A scenario
+    without a sweep is its own single point."""
+    base = to_dict(scenario)
+    base["sweep"] = {}
+    grid = scenario.sweep
+    if not grid:
+        return [("base", {}, scenario)]
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ScenarioError(f"sweep.{key}: expected a non-empty list of values")
+    out = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        data = copy.deepcopy(base)
+        for key, value in values.items():
+            set_key(data, key, value)
+        name = point_name(values)
+        data["name"] = f"{scenario.name}/{name}"
+        try:
+            out.append((name, values, from_dict(data)))
+        except ScenarioError as err:
+            raise ScenarioError(f"sweep point {name}: {err}") from None
+    names = [n for n, _, _ in out]
+    if len(set(names)) != len(names):
+        raise ScenarioError("sweep: two points get the same folder name; simplify the values")
+    return out
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -255,6 +383,29 @@ def validate(s: Scenario) -> None:
         raise ScenarioError(
             f"network.failed_port: expected [worker in 0..{w.p - 1}, from_round, to_round] "
             f"with from_round <= to_round, got {n.failed_port}")
+    seen_links = set()
+    for i, link in enumerate(n.links):
+        key = f"network.links[{i}]"
+        if not 0 <= link.worker < w.p:
+            raise ScenarioError(f"{key}.worker: expected a worker id in 0..{w.p - 1}, "
+                                f"got {link.worker}")
+        if link.worker in seen_links:
+            raise ScenarioError(f"{key}.worker: worker {link.worker} has two entries")
+        seen_links.add(link.worker)
+        for name in ("up_loss", "down_loss"):
+            value = getattr(link, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ScenarioError(f"{key}.{name}: must be in [0, 1], got {value}")
+        for name in ("up_burst", "down_burst"):
+            value = getattr(link, name)
+            if value is not None and (len(value) != 4 or not all(0 <= x <= 1 for x in value)):
+                raise ScenarioError(f"{key}.{name}: expected 4 probabilities, got {value}")
+    if n.crash:
+        if len(n.crash) != 2 or not 0 <= n.crash[0] < w.p or not 1 <= n.crash[1] <= t.steps:
+            raise ScenarioError(f"network.crash: expected [worker in 0..{w.p - 1}, step in "
+                                f"1..{t.steps}], got {n.crash}")
+        if w.p < 2:
+            raise ScenarioError("network.crash: needs at least 2 workers")
     if not s.paths:
         raise ScenarioError("paths: at least one aggregation path is needed")
     seen = set()
@@ -298,3 +449,12 @@ def validate(s: Scenario) -> None:
                 raise ScenarioError(
                     f"{key}.rule: {path.rule} needs {text}, but workers.p={w.p} and f={rule.f}"
                 )
+            if n.crash and not ok(w.p - 1, rule.f):
+                raise ScenarioError(
+                    f"{key}.rule: {path.rule} needs {text}; after network.crash only "
+                    f"{w.p - 1} workers are left (f={rule.f})")
+    if s.report.x and s.report.x not in s.sweep:
+        raise ScenarioError(f"report.x: {s.report.x!r} is not a sweep key "
+                            f"({', '.join(s.sweep) or 'no sweep'})")
+    if s.sweep:
+        sweep_points(s)  # every point must be valid on its own

@@ -25,6 +25,7 @@ from host import data as datasets
 from host import models
 from host.ps import ParameterServer
 from host.switch_allreduce import SwitchAllreduce
+from host.transport import UnreliableUplink
 from host.worker import WorkerPool, evaluate
 from innet import aggregators, attacks
 from innet.config import AggregationPath, Scenario, split_offload_params, to_dict
@@ -41,7 +42,9 @@ class PathResult:
     aggregate_seconds_per_step: float
     modelled_seconds_per_step: float  #: emulator.timing: the step's aggregation on a rack
     nonfinite_rows: int
-    switch: dict[str, Any] | None = None  #: totals of the in-network path
+    #: totals over the run: bytes on the wire, and for in-network paths retransmissions,
+    #: fallbacks, drops; packets lost without recovery; crashed workers
+    network: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -65,39 +68,62 @@ def output_dir(scenario: Scenario, out: str | None = None) -> Path:
     return Path(out or scenario.out or f"runs/{scenario.name}")
 
 
-def build_switch(scenario: Scenario, **kwargs) -> SwitchAllreduce:
-    """The in-network aggregation of a scenario's network section (kwargs go to
-    :class:`SwitchAllreduce`, e.g. ``wire=True, capture=N``)."""
+def link_models(scenario: Scenario) -> tuple[list[LinkModel], list[LinkModel]]:
+    """(up, down) link models of every worker from the scenario's ``[network]``:
+    the network-wide settings on ``lossy_workers`` (all when empty), per-link
+    ``[[network.links]]`` overrides, and the failed port."""
     n, p = scenario.network, scenario.workers.p
     lossy = set(n.lossy_workers or range(p))
+    overrides = {link.worker: link for link in n.links}
 
-    def model(loss: float, worker: int) -> LinkModel:
+    def model(direction: str, worker: int) -> LinkModel:
+        loss = getattr(n, f"{direction}_loss") if worker in lossy else 0.0
+        burst = tuple(n.burst) if n.burst and worker in lossy else None
+        o = overrides.get(worker)
+        if o is not None:
+            if getattr(o, f"{direction}_loss") is not None:
+                loss, burst = getattr(o, f"{direction}_loss"), None
+            if getattr(o, f"{direction}_burst") is not None:
+                burst = tuple(getattr(o, f"{direction}_burst"))
         down = None
         if n.failed_port and n.failed_port[0] == worker:  # rounds during which it is dead
             down = (n.failed_port[1], n.failed_port[2])
-        if worker not in lossy:
-            return LinkModel(duplicate=n.duplicate, reorder=n.reorder, down_between=down)
-        return LinkModel(loss=loss, burst=tuple(n.burst) if n.burst else None,
-                         duplicate=n.duplicate, reorder=n.reorder, down_between=down)
+        return LinkModel(loss=loss, burst=burst, duplicate=n.duplicate, reorder=n.reorder,
+                         down_between=down)
 
+    return [model("up", w) for w in range(p)], [model("down", w) for w in range(p)]
+
+
+def build_switch(scenario: Scenario, workers: list[int] | None = None,
+                 **kwargs) -> SwitchAllreduce:
+    """The in-network aggregation of a scenario's network section for ``workers``
+    (default: all; after a crash the control plane re-leases the job without the dead
+    worker). Without recovery the up links' loss has already happened on the way in
+    (:class:`host.transport.UnreliableUplink`), so the switch's up links are lossless.
+    kwargs go to :class:`SwitchAllreduce`, e.g. ``wire=True, capture=N``."""
+    n = scenario.network
+    workers = list(range(scenario.workers.p)) if workers is None else workers
+    up, down = link_models(scenario)
+    if not n.recovery:
+        up = [LinkModel() for _ in up]
     return SwitchAllreduce(
-        p, n.k, n.pool_size,
-        up=[model(n.up_loss, w) for w in range(p)],
-        down=[model(n.down_loss, w) for w in range(p)],
+        len(workers), n.k, n.pool_size,
+        up=[up[w] for w in workers], down=[down[w] for w in workers],
         max_retries=n.max_retries, seed=scenario.seed, **kwargs,
     )
 
 
-def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllreduce):
+def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllreduce,
+                  p: int | None = None):
     """The two-phase FA offload of an ``offload`` path (host.fa_offload)."""
     from host import fa_offload
 
     params, fa_params = split_offload_params(path.params)
     byz = list(range(scenario.workers.f))
     off = fa_offload.OffloadedFA(
-        scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"], W=params["W"],
-        b=params["b"], seed=scenario.seed, switch=switch, defences=params["defences"],
-        **fa_params)
+        p or scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"],
+        W=params["W"], b=params["b"], seed=scenario.seed, switch=switch,
+        defences=params["defences"], **fa_params)
     attack = params["phase2_attack"]
     if attack != "none" and byz:
         off.phase2_attack = {"scaled": fa_offload.scaled_phase2,
@@ -120,6 +146,111 @@ def add_stats(total: dict[str, Any], step: dict[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
+class _Aggregation:
+    """One path's aggregation for one step: G (rows of the live workers) → the update
+    the PS applies, what the step would take on a rack, and what happened."""
+
+    def __init__(self, scenario: Scenario, path: AggregationPath, ps: ParameterServer):
+        self.scenario, self.path, self.ps = scenario, path, ps
+        self.clock = time_model(scenario)
+        self.k = scenario.network.k
+        self.switch = self.offload = None
+        self._rebuild(list(range(scenario.workers.p)))
+
+    def _rebuild(self, live: list[int]) -> None:
+        if self.path.via in ("switch", "offload"):
+            self.switch = build_switch(self.scenario, live)
+        if self.path.via == "offload":
+            self.offload = build_offload(self.scenario, self.path, self.switch, p=len(live))
+
+    def evict(self, live: list[int]) -> None:
+        """The control plane re-leases the job for the live workers."""
+        self._rebuild(live)
+
+    def crash_step(self, G: torch.Tensor, worker: int, live: list[int]):
+        """The step during which ``worker`` dies: the in-network paths lose it mid-step
+        (timeouts, fallback); the PS path waits out its transport's timeouts and
+        aggregates the live rows."""
+        n = self.scenario.network
+        timeouts = n.max_retries * n.timeout_us * 1e-6
+        if self.path.via == "switch":
+            self.switch.crash(worker)
+            return self.step(G)
+        update, modelled, stats = (self._ps(G[live]) if self.path.via == "ps"
+                                   else self._offload_fallback(G[live]))
+        return update, modelled + timeouts, stats
+
+    def step(self, G: torch.Tensor):
+        if self.path.via == "ps":
+            return self._ps(G)
+        if self.path.via == "offload":
+            return self._offload(G)
+        return self._switch(G)
+
+    def _ps(self, G):
+        before = self.ps.aggregate_seconds
+        update = self.ps.aggregate(G)
+        p, n = G.shape
+        modelled = self.clock.ps_step_s(p, n, self.ps.aggregate_seconds - before, self.k)
+        packets = 2 * p * -(-n // self.k)  # every gradient in, the update back out
+        return update, modelled, {"bytes_on_wire": packets * self.clock.packet_bytes(self.k)}
+
+    def _switch(self, G):
+        tick = time.perf_counter()
+        p = G.shape[0]
+        total, stats = self.switch.allreduce(G.detach().to("cpu", torch.float32).numpy())
+        update = torch.from_numpy(total / p).to(G.device, torch.float32)
+        self.ps.aggregate_seconds += time.perf_counter() - tick
+        step = stats.as_dict()
+        step["bytes_on_wire"] = ((stats.packets_up + stats.packets_down)
+                                 * self.clock.packet_bytes(self.k))
+        return update, self.clock.switch_step_s(stats.round_log, self.k), step
+
+    def _offload(self, G):
+        tick = time.perf_counter()
+        total, ost = self.offload.aggregate(G)
+        self.ps.aggregate_seconds += time.perf_counter() - tick
+        step = {"fallback_steps": int(ost.fallback), "checks_failed": len(ost.checks_failed),
+                "clamped_values": ost.clamped_values}
+        modelled = (self.clock.serialise_s(ost.sketch_bytes_per_worker)
+                    + 2e-6 * self.clock.latency_us + ost.control_plane_s)
+        wire = G.shape[0] * ost.sketch_bytes_per_worker
+        if ost.phase2 is not None:
+            modelled += self.clock.switch_step_s(ost.phase2.round_log, self.k)
+            step.update(ost.phase2.as_dict())
+            wire += (ost.phase2.packets_up + ost.phase2.packets_down) * self.clock.packet_bytes(
+                self.k)
+        else:  # fell back: the PS gathers the full gradients
+            modelled += self.clock.ps_step_s(G.shape[0], G.shape[1], 0.0, self.k)
+            wire += 2 * G.shape[0] * -(-G.shape[1] // self.k) * self.clock.packet_bytes(self.k)
+        step["bytes_on_wire"] = wire
+        update = torch.from_numpy(total).to(G.device, torch.float32)
+        return update, modelled, step
+
+    def _offload_fallback(self, G):
+        """Phase 1 never completes (a worker died): the PS runs full FA."""
+        tick = time.perf_counter()
+        update = self.offload.full(G.detach().to("cpu", torch.float64)).to(G.device,
+                                                                           torch.float32)
+        self.ps.aggregate_seconds += time.perf_counter() - tick
+        modelled = self.clock.ps_step_s(G.shape[0], G.shape[1], time.perf_counter() - tick,
+                                        self.k)
+        wire = 2 * G.shape[0] * -(-G.shape[1] // self.k) * self.clock.packet_bytes(self.k)
+        return update, modelled, {"fallback_steps": 1, "bytes_on_wire": wire}
+
+
+def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
+    """The per-step counters worth a metrics.jsonl column."""
+    extra = {"bytes_on_wire": step.get("bytes_on_wire", 0)}
+    if "retransmissions" in step:
+        extra["retransmissions"] = step["retransmissions"]
+        extra["fallback_chunks"] = sum(step["fallback_chunks"].values())
+    if path.via == "offload":
+        extra["offload_fallback"] = step.get("fallback_steps", 0)
+        extra["checks_failed"] = step.get("checks_failed", 0)
+    return extra
+
+
 def run_path(
     scenario: Scenario,
     path: AggregationPath,
@@ -129,7 +260,7 @@ def run_path(
     progress: bool = True,
 ) -> PathResult:
     """Train one model through one aggregation path."""
-    w, t = scenario.workers, scenario.training
+    w, t, n = scenario.workers, scenario.training, scenario.network
     torch.manual_seed(scenario.seed)
     model = models.build(scenario.data.model, data.image_shape, data.num_classes).to(device)
     attack = attacks.get(w.attack, **w.attack_params) if w.f > 0 else None
@@ -152,10 +283,13 @@ def run_path(
     ps = ParameterServer(
         model, rule, t.lr, t.momentum, t.weight_decay, t.milestones, t.gamma, t.nonfinite
     )
-    switch = build_switch(scenario) if path.via in ("switch", "offload") else None
-    offload = build_offload(scenario, path, switch) if path.via == "offload" else None
-    switch_totals: dict[str, Any] = {}
-    clock = time_model(scenario)
+    agg = _Aggregation(scenario, path, ps)
+    uplink = None
+    if not n.recovery:  # what the up links lose stays lost, on every path
+        uplink = UnreliableUplink(link_models(scenario)[0], n.k, scenario.seed)
+    live = list(range(w.p))
+    crash_worker, crash_step = (n.crash if n.crash else (-1, 0))
+    totals: dict[str, Any] = {}
     modelled = 0.0  # seconds of modelled aggregation time so far
     honest = torch.ones(w.p, dtype=torch.bool)
     honest[byzantine] = False
@@ -168,38 +302,22 @@ def run_path(
         if gradient_attack is not None:
             G = gradient_attack(G, byz_index, attack_gen)
         extra: dict[str, Any] = {}
-        if offload is not None:  # sketch → control-plane FA → weighted sum in the switch
-            tick = time.perf_counter()
-            total, ost = offload.aggregate(G)
-            ps.aggregate_seconds += time.perf_counter() - tick
-            ps.apply(torch.from_numpy(total).to(device, torch.float32))
-            step_stats = {"fallback_steps": int(ost.fallback),
-                          "checks_failed": len(ost.checks_failed),
-                          "clamped_values": ost.clamped_values}
-            if ost.phase2 is not None:
-                modelled += clock.switch_step_s(ost.phase2.round_log, scenario.network.k)
-                step_stats.update(ost.phase2.as_dict())
-            modelled += (clock.serialise_s(ost.sketch_bytes_per_worker)
-                         + 2e-6 * clock.latency_us + ost.control_plane_s)
-            add_stats(switch_totals, step_stats)
-            extra = {"offload_fallback": int(ost.fallback),
-                     "checks_failed": len(ost.checks_failed)}
-        elif switch is None:
-            before = ps.aggregate_seconds
-            ps.step(G)
-            modelled += clock.ps_step_s(w.p, G.shape[1], ps.aggregate_seconds - before,
-                                        scenario.network.k)
-        else:  # in-network streaming sum, then the PS only applies the update
-            tick = time.perf_counter()
-            total, stats = switch.allreduce(G.detach().to("cpu", torch.float32).numpy())
-            update = torch.from_numpy(total / w.p).to(device, torch.float32)
-            ps.aggregate_seconds += time.perf_counter() - tick
-            ps.apply(update)
-            modelled += clock.switch_step_s(stats.round_log, scenario.network.k)
-            step_stats = stats.as_dict()
-            add_stats(switch_totals, step_stats)
-            extra = {"retransmissions": step_stats["retransmissions"],
-                     "fallback_chunks": sum(step_stats["fallback_chunks"].values())}
+        if uplink is not None:
+            G, delivery = uplink.send(G)
+            add_stats(totals, {"packets_lost_unrecovered": delivery.lost,
+                               "values_lost_unrecovered": delivery.values_lost})
+            extra["packets_lost"] = delivery.lost
+        if step == crash_step:
+            live = [i for i in live if i != crash_worker]
+            update, seconds, stats = agg.crash_step(G, crash_worker, live)
+            agg.evict(live)
+            stats["crashed_workers"] = 1
+        else:
+            update, seconds, stats = agg.step(G if len(live) == w.p else G[live])
+        ps.apply(update)
+        modelled += seconds
+        add_stats(totals, stats)
+        extra.update(_extra(path, stats))
         train_loss = float(losses.cpu()[honest].mean())
         record = {"path": path.name, "step": step, "train_loss": train_loss,
                   "lr": ps.optimizer.param_groups[0]["lr"], "modelled_s": modelled, **extra}
@@ -218,7 +336,7 @@ def run_path(
         aggregate_seconds_per_step=ps.aggregate_seconds / t.steps,
         modelled_seconds_per_step=modelled / t.steps,
         nonfinite_rows=ps.nonfinite_rows,
-        switch=switch_totals or None,
+        network=totals,
     )
 
 

@@ -111,8 +111,8 @@ def test_switch_mean_trains_like_ps_mean(tmp_path, loss):
     ps, sw = out["mean"], out["switch:mean"]
     assert abs(ps["final_test_accuracy"] - sw["final_test_accuracy"]) <= 0.01
     assert abs(ps["final_train_loss"] - sw["final_train_loss"]) <= 1e-3
-    assert sum(sw["switch"]["fallback_chunks"].values()) == 0
-    assert (sw["switch"]["retransmissions"] > 0) == (loss > 0)
+    assert sum(sw["network"]["fallback_chunks"].values()) == 0
+    assert (sw["network"]["retransmissions"] > 0) == (loss > 0)
 
 
 def test_switch_path_rejects_rules_it_cannot_run(tmp_path):

@@ -118,7 +118,7 @@ def test_offloaded_fa_trains_within_a_point_of_ps_fa(tmp_path):
     ps, off = summary["fa"], summary["offload:fa"]
     assert abs(ps["final_test_accuracy"] - off["final_test_accuracy"]) <= 0.01
     assert off["final_test_accuracy"] > 0.85
-    assert off["switch"]["fallback_steps"] == 0
+    assert off["network"]["fallback_steps"] == 0
 
 
 def test_integer_gram_is_exact_for_wide_sketches():

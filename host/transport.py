@@ -1,0 +1,61 @@
+"""Sending gradients once, with no recovery: what is lost stays lost.
+
+The seeds' packet-loss experiment (REFERENCE §1.5, §3 "drop") loses a fraction of the
+gradient packets of f workers and lets the aggregator cope. Here each worker's
+gradient is cut into packets of k values, exactly as the wire format does; each
+packet crosses the worker's up link (the emulator's :class:`emulator.network.Link`,
+so Bernoulli, Gilbert–Elliott bursts and failed ports behave as on the switch path);
+the receiver — parameter server or switch — fills the values of a lost packet with
+zeros, which is what a receiver without retransmission can do. (The FA reference
+code meant to do this but its masked_fill was not in place; REFERENCE §1.3.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from emulator.network import Link, LinkModel
+
+
+@dataclass
+class DeliveryStats:
+    packets: int = 0  #: gradient packets sent (all workers)
+    lost: int = 0  #: packets that never arrived (their values were zero-filled)
+    values_lost: int = 0  #: gradient values inside the lost packets
+
+
+class UnreliableUplink:
+    """p workers' up links without retransmission. ``send(G)`` returns the gradients
+    as received (lost packets zero-filled) and what was lost."""
+
+    def __init__(self, models: list[LinkModel], k: int, seed: int = 0):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.links = [Link(m, seed * 1_000_003 + 7_000 + i) for i, m in enumerate(models)]
+        self.lossy = [i for i, m in enumerate(models) if not m.lossless]
+
+    def send(self, G: torch.Tensor) -> tuple[torch.Tensor, DeliveryStats]:
+        p, n = G.shape
+        if p != len(self.links):
+            raise ValueError(f"expected {len(self.links)} rows, got {p}")
+        packets = -(-n // self.k)
+        stats = DeliveryStats(packets=p * packets)
+        if not self.lossy:
+            return G, stats
+        out = G.clone()
+        for i in self.lossy:  # one vectorised draw per worker, not per packet
+            arrived = np.zeros(packets, dtype=bool)
+            arrived[self.links[i].transmit(packets)] = True
+            lost = np.flatnonzero(~arrived)
+            if lost.size == 0:
+                continue
+            cols = (lost[:, None] * self.k + np.arange(self.k)).reshape(-1)
+            cols = torch.from_numpy(cols[cols < n]).to(out.device)
+            out[i, cols] = 0.0
+            stats.lost += int(lost.size)
+            stats.values_lost += int(cols.numel())
+        return out, stats
