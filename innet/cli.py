@@ -8,12 +8,7 @@ import sys
 from innet import config
 
 
-def _add_run(sub) -> None:
-    p = sub.add_parser(
-        "run",
-        help="train with one or more aggregation paths and write metrics, summary and a table",
-        description="Run a scenario (TOML file and/or flags; flags override the file).",
-    )
+def _scenario_flags(p) -> None:
     p.add_argument("scenario", nargs="?", help="TOML scenario file (default: built-in defaults)")
     p.add_argument("--out", help="output folder (default: runs/<name>)")
     p.add_argument("--name", help="scenario name")
@@ -37,7 +32,66 @@ def _add_run(sub) -> None:
         metavar="RULE",
         help="aggregation rule (repeat for several paths), e.g. --agg mean --agg fa",
     )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="set any scenario key (TOML value), e.g. --set network.up_loss=0.1 "
+                   "--set 'paths[0].params.lam=8' (repeatable)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   dest="grids", help="sweep a key over values, e.g. --grid workers.f=0,1,3 "
+                   "(repeatable; adds to the file's [sweep] table)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip report.md and the figures")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train with one or more aggregation paths; write metrics, summary, report",
+        description="Run a scenario (TOML file and/or flags; flags override the file). "
+        "Writes metrics.jsonl (streamed), summary.json, config.toml, report.md and "
+        "figures/ to the output folder. A scenario with a [sweep] table (or --grid) "
+        "runs as a sweep.",
+    )
+    _scenario_flags(p)
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of scenarios (resumable, optionally in parallel) and report",
+        description="Run every point of the scenario's [sweep] grid and --grid axes into "
+        "<out>/<point>/, skipping points already finished; then write <out>/report.md "
+        "(final accuracy vs the swept key, network counters, checked claims).",
+    )
+    _scenario_flags(p)
+    p.add_argument("-j", "--jobs", type=int, default=1,
+                   help="points run in parallel processes (default 1)")
+    p.add_argument("--force", action="store_true", help="rerun finished points too")
+
+
+def _toml_value(key: str, text: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def _toml_values(key: str, text: str) -> list:
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = [{text}]")["v"]
+    except tomllib.TOMLDecodeError:
+        return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _split(option: str, item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise config.ScenarioError(f"{option} {item!r}: expected KEY=VALUE")
+    return key.strip(), value.strip()
 
 
 def _scenario_from_args(args) -> config.Scenario:
@@ -50,6 +104,8 @@ def _scenario_from_args(args) -> config.Scenario:
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise config.ScenarioError(f"scenario file {args.scenario!r} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise config.ScenarioError(f"{args.scenario}: not valid TOML: {err}") from None
     flat = {
         ("name",): args.name,
         ("seed",): args.seed,
@@ -76,19 +132,150 @@ def _scenario_from_args(args) -> config.Scenario:
         node[keys[-1]] = value
     if args.agg:
         data["paths"] = [{"rule": rule} for rule in args.agg]
+    for item in args.sets:
+        key, value = _split("--set", item)
+        config.set_key(data, key, _toml_value(key, value))
+    for item in args.grids:
+        key, value = _split("--grid", item)
+        data.setdefault("sweep", {})[key] = _toml_values(key, value)
     return config.from_dict(data)
+
+
+def _report(folder, args) -> None:
+    if args.no_report:
+        return
+    from innet import report
+
+    path = report.write_report(folder)
+    print(f"report: {path}")
 
 
 def cmd_run(args) -> int:
     from innet import experiment
 
     scenario = _scenario_from_args(args)
+    if scenario.sweep:
+        args.jobs, args.force = 1, False
+        return _sweep(scenario, args)
     out = experiment.output_dir(scenario, args.out)
     summary = experiment.run(scenario, str(out), progress=not args.no_progress)
     print()
     print(experiment.format_table(summary))
     print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml)")
+    _report(out, args)
     return 0
+
+
+def _sweep(scenario, args) -> int:
+    from innet import experiment
+    from innet.sweep import run_sweep
+
+    out = experiment.output_dir(scenario, args.out)
+    summaries = run_sweep(scenario, out, jobs=args.jobs, progress=not args.no_progress,
+                          force=args.force)
+    print()
+    for point, summary in summaries.items():
+        print(f"== {point}")
+        print(experiment.format_table(summary))
+    print(f"\noutputs in {out}/ (one folder per point, sweep.json, sweep_summary.json)")
+    _report(out, args)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    scenario = _scenario_from_args(args)
+    if not scenario.sweep:
+        raise config.ScenarioError("sweep: the scenario has no [sweep] table; add one or "
+                                   "pass --grid KEY=V1,V2")
+    return _sweep(scenario, args)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="(re)write report.md and figures/ for a run or sweep folder",
+        description="Read a run folder (metrics.jsonl, summary.json, config.toml) or a "
+        "sweep folder (sweep.json) and write report.md with PNG figures into it.",
+    )
+    p.add_argument("folder", help="a run or sweep output folder")
+
+
+def cmd_report(args) -> int:
+    from innet import report
+
+    try:
+        path = report.write_report(args.folder)
+    except FileNotFoundError as err:
+        print(f"innet report: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="several run folders on one table and one set of figures",
+        description="Put every path of several run folders on the same accuracy, "
+        "time-to-accuracy, loss and network figures, with one table (compare.md).",
+    )
+    p.add_argument("folders", nargs="+", help="run output folders")
+    p.add_argument("--out", default="runs/compare", help="where to write (default runs/compare)")
+
+
+def cmd_compare(args) -> int:
+    from innet import report
+
+    try:
+        path = report.write_comparison(args.folders, args.out)
+    except FileNotFoundError as err:
+        print(f"innet compare: {err}", file=sys.stderr)
+        return 2
+    print(f"comparison: {path}")
+    return 0
+
+
+BENCHMARKS = {
+    "aggregators": "robust rules and FA: time per call vs the mean (benchmarks/aggregators.py)",
+    "fa_outputs": "FA output modes: accuracy of each (benchmarks/fa_outputs.py)",
+    "emulator": "switch emulator vs numpy: ratios, Mpps (benchmarks/emulator.py)",
+    "quant": "fixed-point eigensolver: time and subspace angles per W (benchmarks/quant.py)",
+    "fa_offload_study": "offloaded vs full FA aggregate grid and figure "
+                        "(benchmarks/fa_offload_study.py)",
+}
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmarks (each prints ratios against a baseline of the same run)",
+        description="Run benchmark scripts from benchmarks/: "
+        + "; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()),
+    )
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"which ({', '.join(BENCHMARKS)}; default aggregators, emulator, quant)")
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    names = args.names or ["aggregators", "emulator", "quant"]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"innet bench: unknown benchmark {unknown[0]!r}; one of {', '.join(BENCHMARKS)}",
+              file=sys.stderr)
+        return 2
+    if not root.is_dir():
+        print(f"innet bench: {root} not found (benchmarks ship with the source checkout)",
+              file=sys.stderr)
+        return 2
+    code = 0
+    for name in names:
+        print(f"== {name}: {BENCHMARKS[name]}", flush=True)
+        code |= subprocess.call([sys.executable, str(root / f"{name}.py")])
+    return code
 
 
 def _add_pcap(sub) -> None:
@@ -161,11 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
-    _add_pcap(sub)
+    _add_sweep(sub)
+    _add_report(sub)
+    _add_compare(sub)
     _add_inspect(sub)
+    _add_bench(sub)
+    _add_pcap(sub)
     args = parser.parse_args(argv)
+    commands = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
+                "compare": cmd_compare, "inspect": cmd_inspect, "bench": cmd_bench,
+                "pcap": cmd_pcap}
     try:
-        return {"run": cmd_run, "pcap": cmd_pcap, "inspect": cmd_inspect}[args.command](args)
+        return commands[args.command](args)
     except config.ScenarioError as err:
         print(f"innet: invalid scenario: {err}", file=sys.stderr)
         return 2

@@ -109,11 +109,23 @@ class AggregationPath:
 
 
 @dataclass
+class Expectation:
+    """A claim the report checks on final test accuracies, e.g.
+    ``check = "'fa' >= 'multi_krum' - 0.01"`` (a quoted name is that path's final
+    accuracy), optionally only at sweep points where ``where`` holds
+    (``where = "workers.f >= 1"``)."""
+
+    check: str = ""
+    where: str = ""
+
+
+@dataclass
 class Report:
     """What the report says next to its figures."""
 
     claim: str = ""  #: the seeds' claim this scenario reproduces (REFERENCE §1.5)
     x: str = ""  #: sweep key on the x axis of "final accuracy vs …" (default: the first)
+    expect: list[Expectation] = field(default_factory=list)  #: checked and reported
 
 
 @dataclass
@@ -300,6 +312,7 @@ def sweep_points(scenario: Scenario) -> list[tuple[str, dict[str, Any], Scenario
     without a sweep is its own single point."""
     base = to_dict(scenario)
     base["sweep"] = {}
+    base["report"] = {}  # claims are checked over the whole grid, by the sweep's report
     grid = scenario.sweep
     if not grid:
         return [("base", {}, scenario)]
@@ -456,5 +469,12 @@ def validate(s: Scenario) -> None:
     if s.report.x and s.report.x not in s.sweep:
         raise ScenarioError(f"report.x: {s.report.x!r} is not a sweep key "
                             f"({', '.join(s.sweep) or 'no sweep'})")
+    from innet.claims import check_expression  # here: claims imports this module
+
+    names = [p.name for p in s.paths]
+    for i, e in enumerate(s.report.expect):
+        check_expression(f"report.expect[{i}].check", e.check, names, kind="check")
+        if e.where:
+            check_expression(f"report.expect[{i}].where", e.where, list(s.sweep), kind="where")
     if s.sweep:
         sweep_points(s)  # every point must be valid on its own

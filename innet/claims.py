@@ -1,0 +1,103 @@
+"""Claims a report checks: small expressions over final accuracies and sweep values.
+
+``check`` expressions compare paths' final test accuracies: a quoted string is the
+accuracy of the path of that name, numbers are numbers, and ``+ - * /``, comparisons,
+``and``/``or``/``not`` and ``abs``/``min``/``max`` are allowed
+(``"'fa' >= 'multi_krum' - 0.01"``). ``where`` expressions select sweep points by
+their values (``"workers.f >= 1"``, ``"network.recovery == false"``). Expressions are
+parsed with :mod:`ast` and walked by hand: nothing else is evaluated.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from typing import Any
+
+from innet.config import ScenarioError
+
+_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv}
+_CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+        ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne}
+_FUNCS = {"abs": abs, "min": min, "max": max}
+_CONSTANTS = {"true": True, "false": False}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def _eval(node: ast.AST, strings: dict[str, Any], names: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body, strings, names)
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, str):
+            if node.value not in strings:
+                raise KeyError(f"no path named {node.value!r} (paths: {', '.join(strings)})")
+            return strings[node.value]
+        if isinstance(node.value, bool | int | float):
+            return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.Not):
+        value = _eval(node.operand, strings, names)
+        return -value if isinstance(node.op, ast.USub) else not value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+        return _BIN[type(node.op)](_eval(node.left, strings, names),
+                                   _eval(node.right, strings, names))
+    if isinstance(node, ast.BoolOp):
+        values = [_eval(v, strings, names) for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, strings, names)
+        for op, comp in zip(node.ops, node.comparators):
+            if type(op) not in _CMP:
+                break
+            right = _eval(comp, strings, names)
+            if not _CMP[type(op)](left, right):
+                return False
+            left = right
+        else:
+            return True
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS and not node.keywords):
+        return _FUNCS[node.func.id](*(_eval(a, strings, names) for a in node.args))
+    key = _dotted(node)
+    if key is not None:
+        if key in _CONSTANTS:
+            return _CONSTANTS[key]
+        if key not in names:
+            raise KeyError(f"unknown name {key!r} (known: {', '.join(names) or 'none'})")
+        return names[key]
+    raise ValueError(f"not allowed here: {ast.unparse(node)!r}")
+
+
+def evaluate(expression: str, accuracies: dict[str, float] | None = None,
+             values: dict[str, Any] | None = None) -> Any:
+    """Evaluate a check (``accuracies``: path name → final accuracy) or a where
+    clause (``values``: sweep key → value of this point)."""
+    tree = ast.parse(expression, mode="eval")
+    return _eval(tree, accuracies or {}, values or {})
+
+
+def check_expression(key: str, expression: str, known: list[str], kind: str) -> None:
+    """Validate at load time: it parses, and names only paths (check) or sweep
+    keys (where). Raises :class:`ScenarioError` naming ``key``."""
+    if not expression.strip():
+        raise ScenarioError(f"{key}: empty expression")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as err:
+        raise ScenarioError(f"{key}: cannot parse {expression!r}: {err.msg}") from None
+    probe_strings = {name: 0.5 for name in known} if kind == "check" else {}
+    probe_names = {name: 1 for name in known} if kind == "where" else {}
+    try:
+        _eval(tree, probe_strings, probe_names)
+    except (KeyError, ValueError) as err:
+        raise ScenarioError(f"{key}: {err.args[0]}") from None
+    except (TypeError, ZeroDivisionError):
+        pass  # a probe value can make a valid expression fail; fine at load time
