@@ -237,6 +237,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _wide(values: list) -> bool:
+    """Numeric values spread over decades (a λ sweep): a log-like axis reads better."""
+    positive = [v for v in values if v > 0]
+    return min(values) >= 0 and len(positive) > 2 and max(positive) > 20 * min(positive)
+
+
 def write_sweep_report(folder: str | Path, point_reports: bool = True) -> Path:
     folder = Path(folder)
     index = json.loads((folder / "sweep.json").read_text())
@@ -275,6 +281,11 @@ def write_sweep_report(folder: str | Path, point_reports: bool = True) -> Path:
                     label=path + (f" ({suffix})" if suffix else ""))
     if not numeric:
         ax.set_xticks(range(len(ticks)), [config._fmt(t) for t in ticks])
+    elif _wide(ticks):
+        ax.set_xscale("symlog", linthresh=min(v for v in ticks if v > 0))
+        ax.set_xticks(ticks, [config._fmt(t) for t in ticks])
+    elif all(isinstance(v, int) for v in xs_all):
+        ax.set_xticks(ticks)
     ax.set(xlabel=x, ylabel="final test accuracy", ylim=(0, 1),
            title=f"{scenario.name}: final accuracy vs {x}")
     ax.legend(fontsize=7, loc="best")
@@ -303,6 +314,8 @@ def write_sweep_report(folder: str | Path, point_reports: bool = True) -> Path:
                             label=path if gi == 0 else None)
             if not numeric:
                 ax.set_xticks(range(len(ticks)), [config._fmt(t) for t in ticks])
+            elif all(isinstance(v, int) for v in xs_all):
+                ax.set_xticks(ticks)
             ax.set(xlabel=x, title=name)
         axes[0][0].legend(fontsize=7)
         figs.append((f"Network counters against {x}.", _save(fig, figdir / "network.png")))
