@@ -244,6 +244,7 @@ def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
     extra = {"bytes_on_wire": step.get("bytes_on_wire", 0)}
     if "retransmissions" in step:
         extra["retransmissions"] = step["retransmissions"]
+        extra["results_lost"] = step["results_lost"]
         extra["fallback_chunks"] = sum(step["fallback_chunks"].values())
     if path.via == "offload":
         extra["offload_fallback"] = step.get("fallback_steps", 0)

@@ -134,6 +134,7 @@ def run_figures(runs: list[tuple[str, list[dict[str, Any]]]], folder: Path,
 
     panels = [("bytes_on_wire", "MB on the wire per step", 1e-6),
               ("retransmissions", "retransmissions per step", 1.0),
+              ("results_lost", "result packets lost (resent) per step", 1.0),
               ("fallback_chunks", "chunks sent to the PS fallback per step", 1.0),
               ("offload_fallback", "offload steps sent to the PS", 1.0),
               ("packets_lost", "packets lost, not recovered, per step", 1.0)]
@@ -161,8 +162,8 @@ def _fallbacks(r: dict[str, Any]) -> int:
 
 def results_table(summary: dict[str, dict[str, Any]], steps: int) -> str:
     rows = ["| path | test acc | test loss | ms/step | agg ms/step | modelled µs/step | "
-            "MB/step | retransmissions | fallbacks | lost, unrecovered |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "MB/step | retransmissions | results lost | fallbacks | lost, unrecovered |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         net = r.get("network") or {}
         rows.append(
@@ -170,7 +171,8 @@ def results_table(summary: dict[str, dict[str, Any]], steps: int) -> str:
             f"{1e3 * r['seconds_per_step']:.2f} | {1e3 * r['aggregate_seconds_per_step']:.2f} | "
             f"{1e6 * r['modelled_seconds_per_step']:.1f} | "
             f"{1e-6 * net.get('bytes_on_wire', 0) / steps:.3f} | "
-            f"{net.get('retransmissions', 0)} | {_fallbacks(r)} | "
+            f"{net.get('retransmissions', 0)} | {net.get('results_lost', 0)} | "
+            f"{_fallbacks(r)} | "
             f"{net.get('packets_lost_unrecovered', 0)} |")
     return "\n".join(rows)
 

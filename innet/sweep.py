@@ -69,7 +69,7 @@ def run_sweep(scenario: Scenario, out: str | Path, jobs: int = 1, progress: bool
 
     todo = [(name, s) for name, _, s in points if force or not finished(out / name, s)]
     skipped = len(points) - len(todo)
-    if skipped and progress:
+    if skipped:
         print(f"sweep: {skipped} of {len(points)} points already finished, skipped")
     if jobs == 1 or len(todo) <= 1:
         bar = tqdm(todo, desc="sweep", unit="point", disable=not progress or len(todo) < 2)
