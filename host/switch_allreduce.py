@@ -291,7 +291,9 @@ class SwitchAllreduce:
             return [Link(m, seed * 1_000_003 + offset + i) for i, m in enumerate(models)]
 
         self.up, self.down = links(up, 0), links(down, 1000)
-        self.silent: set[int] = set()  #: workers that never send (crashed before the step)
+        #: workers whose packets never reach the switch (the PS fallback still gets
+        #: their rows, as ATP's does)
+        self.silent: set[int] = set()
         #: workers that crashed: nobody waits for their results and the PS fallback
         #: cannot read their rows (see :meth:`crash`)
         self.dead: set[int] = set()
@@ -490,7 +492,8 @@ class SwitchAllreduce:
         if fallback.any():  # ATP-like: the PS sums the affected chunks in float
             cols = (np.flatnonzero(fallback)[:, None] * k + np.arange(k)).reshape(-1)
             cols = cols[cols < n]
-            rows = [w for w in range(p) if w not in self.silent and w not in self.dead]
+            rows = [w for w in range(p) if w not in self.dead]  # a silent one still
+            # reaches the PS (ATP-like: it sends its chunks there); a dead one does not
             if len(rows) == p:
                 out[cols] = X[:, cols].sum(axis=0, dtype=np.float64)
             else:  # the PS has only the live workers' rows: scale their sum up to p
