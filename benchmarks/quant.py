@@ -10,6 +10,11 @@
   eigenvector subspaces, the relative eigenvalue error and the accurate bits, for
   W ∈ {12, 16, 20, 24, 28, 32}. The worst case over the real Grams is reported per W,
   the planted-outlier Gram (eigenvalues spread over 3 decades) apart.
+* the same top-m subspace from the other routines of ``innet.quant.fixed_svd``:
+  the one-sided (Hestenes) Jacobi SVD of the tall gradient matrix itself (n × p,
+  no Gram: the condition number is not squared), subspace iteration with a
+  fixed-point Rayleigh–Ritz step, and the Gram stored in 16-bit block floating point
+  (one exponent per b×b block, b ∈ {15, 4, 1}) and solved with 32-bit arithmetic.
 The last line is JSON.
 """
 
@@ -26,7 +31,17 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 from innet.quant.capture import digits_gradients  # noqa: E402
-from innet.quant.fixed_eigen import accurate_bits, eigh_fixed, top_subspace_angle  # noqa: E402
+from innet.quant.fixed_eigen import (  # noqa: E402
+    accurate_bits,
+    eigh_fixed,
+    principal_angles,
+    top_subspace_angle,
+)
+from innet.quant.fixed_svd import (  # noqa: E402
+    subspace_eigh_fixed,
+    svd_fixed,
+    top_subspace_angle_bfp,
+)
 
 WORDS = (12, 16, 20, 24, 28, 32)
 
@@ -58,7 +73,8 @@ def main() -> None:
     lapack_ms = 1e3 * (time.perf_counter() - t) / reps
 
     grams = {}
-    for step, G in zip((0, 50, 150), digits_gradients(steps=(0, 50, 150))):
+    gradients = digits_gradients(steps=(0, 50, 150))
+    for step, G in zip((0, 50, 150), gradients):
         K = G @ G.T
         d = np.sqrt(np.diag(K))
         grams[f"digits_step{step}"] = K
@@ -88,7 +104,36 @@ def main() -> None:
     for W, r in rows.items():
         print(f"{W:>4}{r['max_angle']:>12.2e}{r['median_angle']:>14.2e}{r['planted_angle']:>10.2e}"
               f"{r['eigenvalue_rel_err']:>13.2e}{r['accurate_bits']:>6.1f}")
+    real = [K for name, K in grams.items() if name != "planted_outliers"]
+    svd_angle, sub_angle = {}, {}
+    for W in WORDS:
+        worst = 0.0
+        for G in gradients:
+            U, _, _ = svd_fixed(G.T, W)
+            R = np.linalg.svd(G.T, full_matrices=False)[0]
+            worst = max(worst, float(principal_angles(U[:, :args.m], R[:, :args.m]).max()))
+        svd_angle[W] = worst
+        sub_angle[W] = max(float(principal_angles(
+            subspace_eigh_fixed(K, args.m, W, iters=100)[1],
+            np.linalg.eigh(K)[1][:, -args.m:]).max()) for K in real)
+    svd_fixed(gradients[0].T, 24)
+    t = time.perf_counter()
+    svd_fixed(gradients[0].T, 24)
+    svd_ms = 1e3 * (time.perf_counter() - t)
+    bfp16 = {b: max(top_subspace_angle_bfp(K, args.m, 16, b) for K in real) for b in (15, 4, 1)}
+    print(f"\nsame subspace, other routines (worst over the real gradients), n = "
+          f"{gradients[0].shape[1]}: Hestenes SVD of the n×p gradients ({svd_ms:.1f} ms at "
+          "W=24), subspace iteration (100 its + Rayleigh–Ritz)")
+    print(f"{'W':>4}{'Hestenes SVD':>14}{'subspace it.':>14}")
+    for W in WORDS:
+        print(f"{W:>4}{svd_angle[W]:>14.2e}{sub_angle[W]:>14.2e}")
+    print("Gram stored in 16-bit BFP, one exponent per b×b block, solved at W=32: "
+          + ", ".join(f"b={b}: {a:.2e}" for b, a in bfp16.items()))
     print(json.dumps({"jacobi_ms_p16": jacobi_ms, "lapack_ms_p16": lapack_ms,
+                      "hestenes_ms_n4810_p15": svd_ms,
+                      "hestenes_max_angle_by_W": svd_angle,
+                      "subspace_iteration_max_angle_by_W": sub_angle,
+                      "bfp16_store_w32_solve_max_angle_by_block": bfp16,
                       "max_angle_by_W": {W: r["max_angle"] for W, r in rows.items()},
                       "planted_angle_by_W": {W: r["planted_angle"] for W, r in rows.items()},
                       "eigenvalue_rel_err_by_W": {W: r["eigenvalue_rel_err"]
