@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -126,3 +127,91 @@ def test_fixed_jacobi_rejects_bad_input():
     with pytest.raises(ValueError, match="non-finite"):
         eigh_fixed(np.array([[1.0, np.nan], [np.nan, 1.0]]))
     assert np.array_equal(eigh_fixed(np.zeros((3, 3)))[0], np.zeros(3))
+
+
+# -- fixed-point SVD, subspace iteration, per-block BFP (innet.quant.fixed_svd) ---------
+from hypothesis import settings  # noqa: E402
+
+from innet.quant.fixed_svd import (  # noqa: E402
+    subspace_eigh_fixed,
+    svd_fixed,
+    to_bfp_blocks,
+)
+
+
+def _textbook_one_sided_jacobi(A, sweeps=30):
+    """Slow float64 reference: Hestenes' one-sided Jacobi, column pair by pair."""
+    A = A.astype(np.float64).copy()
+    p = A.shape[1]
+    for _ in range(sweeps):
+        for i in range(p - 1):
+            for j in range(i + 1, p):
+                a, b = A[:, i], A[:, j]
+                alpha, beta, gamma = a @ a, b @ b, a @ b
+                if abs(gamma) <= 1e-15 * math.sqrt(alpha * beta):
+                    continue
+                zeta = (beta - alpha) / (2 * gamma)
+                t = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1 + zeta * zeta))
+                c = 1 / math.sqrt(1 + t * t)
+                s = c * t
+                A[:, i], A[:, j] = c * a - s * b, s * a + c * b
+    return np.sort(np.linalg.norm(A, axis=0))[::-1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(6, 80), st.integers(2, 7), st.integers(0, 2**31 - 1))
+def test_svd_fixed_matches_lapack_and_the_textbook_jacobi(n, p, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n + p, p)) * rng.uniform(0.5, 3.0, size=p)
+    U, s, Vt = svd_fixed(A, W=32)
+    s_ref = _textbook_one_sided_jacobi(A)
+    np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False), rtol=0, atol=1e-6 * s[0])
+    np.testing.assert_allclose(s, s_ref, rtol=0, atol=1e-6 * s[0])
+    np.testing.assert_allclose((U * s) @ Vt, A, atol=1e-6 * np.abs(A).max())
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(p), atol=1e-6)
+
+
+def test_svd_fixed_error_falls_with_W():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((500, 10)) * np.linspace(1, 4, 10)
+    R = np.linalg.svd(A, full_matrices=False)[0][:, :5]
+    angles = [principal_angles(svd_fixed(A, W)[0][:, :5], R).max() for W in (12, 16, 20, 24, 32)]
+    assert all(a > b for a, b in zip(angles, angles[1:])), angles
+    assert angles[3] < 1e-4
+
+
+def test_svd_fixed_rejects_bad_input():
+    with pytest.raises(ValueError, match="tall"):
+        svd_fixed(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="12..32"):
+        svd_fixed(np.ones((5, 3)), W=8)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(4, 16), st.integers(0, 2**31 - 1))
+def test_subspace_iteration_finds_the_top_subspace(p, seed):
+    rng = np.random.default_rng(seed)
+    m = max(1, p // 3)
+    Q, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    lam = np.concatenate([rng.uniform(0.01, 0.1, p - m), rng.uniform(1.0, 2.0, m)])
+    A = (Q * lam) @ Q.T  # eigengap ≥ 10×: converges in a few dozen iterations
+    evals, V = subspace_eigh_fixed(A, m, W=24, iters=40, seed=seed)
+    exact, R = np.linalg.eigh(A)
+    assert principal_angles(V, R[:, -m:]).max() < 1e-4
+    np.testing.assert_allclose(evals, exact[-m:], atol=1e-4 * exact[-1])
+    np.testing.assert_allclose(V.T @ V, np.eye(m), atol=1e-5)
+
+
+def test_bfp_blocks_round_each_tile_to_its_own_exponent():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((8, 8)) * np.logspace(-3, 0, 8)[:, None]
+    for block in (1, 2, 4, 8):
+        stored = to_bfp_blocks(A, 16, block)
+        for r in range(0, 8, block):
+            for c in range(0, 8, block):
+                tile = A[r:r + block, c:c + block]
+                peak = np.abs(tile).max()
+                lsb = 2.0 ** (math.frexp(peak)[1] - 15)  # peak < 2^15 mantissa units
+                assert np.abs(stored[r:r + block, c:c + block] - tile).max() <= lsb / 2
+    whole = np.abs(to_bfp_blocks(A, 16, 8) - A).max()
+    assert np.abs(to_bfp_blocks(A, 16, 1) - A).max() < whole  # finer exponents, less error
