@@ -59,9 +59,12 @@ class TimeModel:
                 total += 1e-6 * self.timeout_us
         return total
 
+    def ps_bytes(self, p: int, n: int, k: int = 64) -> int:
+        """Bytes through the PS's link for one step: every worker's gradient of n
+        float32 values in packets of k, and the update back out to each."""
+        return 2 * p * -(-n // k) * self.packet_bytes(k)
+
     def ps_step_s(self, p: int, n: int, compute_s: float, k: int = 64) -> float:
         """Modelled seconds of one PS aggregation of p float32 vectors of n values,
         sent in packets of k values, with the measured aggregation compute time."""
-        packets = -(-n // k)
-        one_way = p * packets * self.packet_bytes(k)  # every worker's gradient, one link
-        return 2 * self.serialise_s(one_way) + 2e-6 * self.latency_us + compute_s
+        return self.serialise_s(self.ps_bytes(p, n, k)) + 2e-6 * self.latency_us + compute_s

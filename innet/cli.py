@@ -69,7 +69,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--force", action="store_true", help="rerun finished points too")
 
 
-def _toml_value(key: str, text: str):
+def _toml_value(text: str):
     import tomllib
 
     try:
@@ -78,7 +78,7 @@ def _toml_value(key: str, text: str):
         return text  # a bare word: a string
 
 
-def _toml_values(key: str, text: str) -> list:
+def _toml_values(text: str) -> list:
     import tomllib
 
     try:
@@ -95,17 +95,7 @@ def _split(option: str, item: str) -> tuple[str, str]:
 
 
 def _scenario_from_args(args) -> config.Scenario:
-    import tomllib
-
-    data = {}
-    if args.scenario:
-        try:
-            with open(args.scenario, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise config.ScenarioError(f"scenario file {args.scenario!r} does not exist") from None
-        except tomllib.TOMLDecodeError as err:
-            raise config.ScenarioError(f"{args.scenario}: not valid TOML: {err}") from None
+    data = config.read_toml(args.scenario) if args.scenario else {}
     flat = {
         ("name",): args.name,
         ("seed",): args.seed,
@@ -134,10 +124,10 @@ def _scenario_from_args(args) -> config.Scenario:
         data["paths"] = [{"rule": rule} for rule in args.agg]
     for item in args.sets:
         key, value = _split("--set", item)
-        config.set_key(data, key, _toml_value(key, value))
+        config.set_key(data, key, _toml_value(value))
     for item in args.grids:
         key, value = _split("--grid", item)
-        data.setdefault("sweep", {})[key] = _toml_values(key, value)
+        data.setdefault("sweep", {})[key] = _toml_values(value)
     return config.from_dict(data)
 
 
@@ -203,12 +193,7 @@ def _add_report(sub) -> None:
 def cmd_report(args) -> int:
     from innet import report
 
-    try:
-        path = report.write_report(args.folder)
-    except FileNotFoundError as err:
-        print(f"innet report: {err}", file=sys.stderr)
-        return 2
-    print(f"report: {path}")
+    print(f"report: {report.write_report(args.folder)}")
     return 0
 
 
@@ -226,12 +211,7 @@ def _add_compare(sub) -> None:
 def cmd_compare(args) -> int:
     from innet import report
 
-    try:
-        path = report.write_comparison(args.folders, args.out)
-    except FileNotFoundError as err:
-        print(f"innet compare: {err}", file=sys.stderr)
-        return 2
-    print(f"comparison: {path}")
+    print(f"comparison: {report.write_comparison(args.folders, args.out)}")
     return 0
 
 
@@ -362,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except config.ScenarioError as err:
         print(f"innet: invalid scenario: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:  # report/compare on a folder that is not a run
+        print(f"innet {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -224,17 +224,21 @@ def from_dict(data: dict[str, Any]) -> Scenario:
     return scenario
 
 
-def load(path: str | Path) -> Scenario:
-    """Read and validate a TOML scenario file."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The plain data of a TOML scenario file (not yet validated)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         raise ScenarioError(f"scenario file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(f"{path}: not valid TOML: {err}") from None
-    return from_dict(data)
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a TOML scenario file."""
+    return from_dict(read_toml(path))
 
 
 def _drop_none(value: Any) -> Any:

@@ -155,17 +155,14 @@ class _Aggregation:
         self.clock = time_model(scenario)
         self.k = scenario.network.k
         self.switch = self.offload = None
-        self._rebuild(list(range(scenario.workers.p)))
+        self.lease(list(range(scenario.workers.p)))
 
-    def _rebuild(self, live: list[int]) -> None:
+    def lease(self, live: list[int]) -> None:
+        """The control plane leases the job for the live workers (again after a crash)."""
         if self.path.via in ("switch", "offload"):
             self.switch = build_switch(self.scenario, live)
         if self.path.via == "offload":
             self.offload = build_offload(self.scenario, self.path, self.switch, p=len(live))
-
-    def evict(self, live: list[int]) -> None:
-        """The control plane re-leases the job for the live workers."""
-        self._rebuild(live)
 
     def crash_step(self, G: torch.Tensor, worker: int, live: list[int]):
         """The step during which ``worker`` dies: the in-network paths lose it mid-step
@@ -192,8 +189,7 @@ class _Aggregation:
         update = self.ps.aggregate(G)
         p, n = G.shape
         modelled = self.clock.ps_step_s(p, n, self.ps.aggregate_seconds - before, self.k)
-        packets = 2 * p * -(-n // self.k)  # every gradient in, the update back out
-        return update, modelled, {"bytes_on_wire": packets * self.clock.packet_bytes(self.k)}
+        return update, modelled, {"bytes_on_wire": self.clock.ps_bytes(p, n, self.k)}
 
     def _switch(self, G):
         tick = time.perf_counter()
@@ -221,8 +217,8 @@ class _Aggregation:
             wire += (ost.phase2.packets_up + ost.phase2.packets_down) * self.clock.packet_bytes(
                 self.k)
         else:  # fell back: the PS gathers the full gradients
-            modelled += self.clock.ps_step_s(G.shape[0], G.shape[1], 0.0, self.k)
-            wire += 2 * G.shape[0] * -(-G.shape[1] // self.k) * self.clock.packet_bytes(self.k)
+            modelled += self.clock.ps_step_s(*G.shape, 0.0, self.k)
+            wire += self.clock.ps_bytes(*G.shape, self.k)
         step["bytes_on_wire"] = wire
         update = torch.from_numpy(total).to(G.device, torch.float32)
         return update, modelled, step
@@ -232,11 +228,10 @@ class _Aggregation:
         tick = time.perf_counter()
         update = self.offload.full(G.detach().to("cpu", torch.float64)).to(G.device,
                                                                            torch.float32)
-        self.ps.aggregate_seconds += time.perf_counter() - tick
-        modelled = self.clock.ps_step_s(G.shape[0], G.shape[1], time.perf_counter() - tick,
-                                        self.k)
-        wire = 2 * G.shape[0] * -(-G.shape[1] // self.k) * self.clock.packet_bytes(self.k)
-        return update, modelled, {"fallback_steps": 1, "bytes_on_wire": wire}
+        compute = time.perf_counter() - tick
+        self.ps.aggregate_seconds += compute
+        return update, self.clock.ps_step_s(*G.shape, compute, self.k), {
+            "fallback_steps": 1, "bytes_on_wire": self.clock.ps_bytes(*G.shape, self.k)}
 
 
 def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +306,7 @@ def run_path(
         if step == crash_step:
             live = [i for i in live if i != crash_worker]
             update, seconds, stats = agg.crash_step(G, crash_worker, live)
-            agg.evict(live)
+            agg.lease(live)
             stats["crashed_workers"] = 1
         else:
             update, seconds, stats = agg.step(G if len(live) == w.p else G[live])

@@ -72,6 +72,26 @@ def _saturate(x, lim):
     return min(max(x, -lim), lim)
 
 
+@numba.njit(cache=True, inline="always")
+def rotation(d, e, F):
+    """(c, s, t) in Q(F) of the Jacobi rotation that zeroes the off-diagonal e/2 of a
+    2×2 symmetric block whose diagonal difference is d: t = e / (d + sgn(d)·√(d²+e²))
+    (|θ| ≤ π/4), c = 1/√(1+t²), s = t·c. Every step rounds to nearest (truncating
+    biases add up over the rotations instead of averaging out)."""
+    one = np.int64(1) << F
+    # √(d² + e²) without overflow: bring both to ≤ 30 bits first
+    big = max(abs(d), abs(e))
+    sh = 0
+    while (big >> sh) >= (np.int64(1) << 30):
+        sh += 1
+    ds, es = d >> sh, e >> sh
+    r = _isqrt_round(ds * ds + es * es)
+    den = ds + r if ds >= 0 else ds - r  # |den| ≥ |e|
+    t = _div_round(es << F, den) if den != 0 else one
+    c = _div_round(one << F, _isqrt_round(one * one + t * t))
+    return c, _mul_shift(t, c, F), t
+
+
 @numba.njit(cache=True)
 def jacobi_fixed(A, W, max_sweeps, tol_lsb, V):
     """In place: A (p×p int64, symmetric, |a| < 2^(W−1)) becomes diagonal; V (p×p
@@ -97,21 +117,7 @@ def jacobi_fixed(A, W, max_sweeps, tol_lsb, V):
                 apq = A[ip, iq]
                 if abs(apq) <= tol_lsb:
                     continue
-                d = A[iq, iq] - A[ip, ip]
-                e = 2 * apq
-                # √(d² + e²) without overflow: bring both to ≤ 30 bits first
-                big = max(abs(d), abs(e))
-                sh = 0
-                while (big >> sh) >= (np.int64(1) << 30):
-                    sh += 1
-                ds, es = d >> sh, e >> sh
-                r = _isqrt_round(ds * ds + es * es)
-                den = ds + r if ds >= 0 else ds - r  # d + sgn(d)·√(d²+e²), |den| ≥ |e|
-                t = _div_round(es << F, den) if den != 0 else one
-                # c = 1/√(1+t²), s = t·c, all in Q(F); every step rounds to nearest
-                # (truncating biases add up over the rotations instead of averaging out)
-                c = _div_round(one << F, _isqrt_round(one * one + t * t))
-                s = _mul_shift(t, c, F)
+                c, s, t = rotation(A[iq, iq] - A[ip, ip], 2 * apq, F)
                 tapq = _mul_shift(t, apq, F)
                 A[ip, ip] = _saturate(A[ip, ip] - tapq, lim)
                 A[iq, iq] = _saturate(A[iq, iq] + tapq, lim)

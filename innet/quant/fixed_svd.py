@@ -31,25 +31,9 @@ from innet.quant.fixed_eigen import (
     _mul_shift,
     eigh_fixed,
     jacobi_fixed,
+    rotation,
     to_fixed,
 )
-
-
-@numba.njit(cache=True, inline="always")
-def _rotation(d, e, F):
-    """(c, s) in Q(F) of the Jacobi rotation that zeroes the off-diagonal e/2 of a
-    2×2 symmetric block with diagonal difference d (|θ| ≤ π/4)."""
-    one = np.int64(1) << F
-    big = max(abs(d), abs(e))
-    sh = 0
-    while (big >> sh) >= (np.int64(1) << 30):
-        sh += 1
-    ds, es = d >> sh, e >> sh
-    r = _isqrt_round(ds * ds + es * es)
-    den = ds + r if ds >= 0 else ds - r
-    t = _div_round(es << F, den) if den != 0 else one
-    c = _div_round(one << F, _isqrt_round(one * one + t * t))
-    return c, _mul_shift(t, c, F)
 
 
 @numba.njit(cache=True)
@@ -80,7 +64,7 @@ def hestenes_fixed(A, W, acc_shift, max_sweeps, V):
                 if abs(gamma) <= max((_isqrt_round(alpha) * _isqrt_round(beta)) >> F, 1):
                     continue
                 rotated = True
-                c, s = _rotation(beta - alpha, 2 * gamma, F)
+                c, s, _ = rotation(beta - alpha, 2 * gamma, F)
                 for k in range(n):
                     a, b = A[k, ip], A[k, iq]
                     A[k, ip] = _mul_shift(c, a, F) - _mul_shift(s, b, F)
