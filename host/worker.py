@@ -65,7 +65,10 @@ class WorkerPool:
     ):
         if p < 1 or batch < 1:
             raise ValueError(f"workers: need p >= 1 and batch >= 1, got p={p}, batch={batch}")
-        self.model, self.data, self.p, self.batch = model, data, p, batch
+        # The data follows the model: a pool built with CPU data around a CUDA model
+        # (or the other way round) would fail inside vmap at the first step.
+        device = next(model.parameters()).device
+        self.model, self.data, self.p, self.batch = model, data.to(device), p, batch
         self.sampler = EpochSampler(len(data.y_train), seed)
         self.attack_gen = torch.Generator().manual_seed(seed + 1)
         self.byzantine = list(byzantine or [])

@@ -142,7 +142,14 @@ def fa_svd(
                     pairs[(i, j)] = diff / torch.linalg.vector_norm(diff)
 
     def top_m(A):
-        return torch.linalg.svd(A, full_matrices=False).U[:, :m]
+        try:
+            return torch.linalg.svd(A, full_matrices=False).U[:, :m]
+        except torch.linalg.LinAlgError:
+            # cuSOLVER's SVD drivers reject very tall matrices (11.2M × 15 in the
+            # ResNet-18 benchmark: their workspace size overflows). A = QR, then the
+            # SVD of the small R, is what LAPACK's gesvd does for such shapes anyway.
+            Q, R = torch.linalg.qr(A)
+            return Q @ torch.linalg.svd(R).U[:, :m]
 
     Y = top_m(U)
     objective = _fa_objective(Y, U, lam, pairs)
@@ -168,5 +175,5 @@ def fa_svd(
     elif output == "reference":
         agg = Y @ (Y.T @ U.sum(dim=1)) / m
     else:
-        agg = float(np.median(norms.numpy())) * (Y @ (Y.T @ U.sum(dim=1))) / p
+        agg = float(np.median(norms.cpu().numpy())) * (Y @ (Y.T @ U.sum(dim=1))) / p
     return agg, Y

@@ -117,3 +117,17 @@ def test_aggregators_on_cuda_match_cpu():
         rule_cpu = aggregators.get(name, f=3)
         rule_gpu = aggregators.get(name, f=3)
         torch.testing.assert_close(rule_gpu(G.cuda()).cpu(), rule_cpu(G), rtol=1e-6, atol=1e-8)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_worker_pool_on_cuda_takes_cpu_data_and_matches_cpu(digits):
+    """A pool built around a CUDA model with the CPU dataset moves the data itself
+    (capture_packets and the quantisation capture build it that way), and its
+    gradients equal the CPU pool's."""
+    torch.manual_seed(0)
+    model = models.build("mlp", digits.image_shape, 10)
+    G_cpu, _ = WorkerPool(model, digits, p=4, batch=8, seed=1).gradients()
+    G_gpu, _ = WorkerPool(model.cuda(), digits, p=4, batch=8, seed=1).gradients()
+    assert G_gpu.is_cuda
+    torch.testing.assert_close(G_gpu.cpu(), G_cpu, rtol=1e-4, atol=1e-6)
