@@ -10,6 +10,12 @@
   eigenvector subspaces, the relative eigenvalue error and the accurate bits, for
   W ∈ {12, 16, 20, 24, 28, 32}. The worst case over the real Grams is reported per W,
   the planted-outlier Gram (eigenvalues spread over 3 decades) apart.
+* the same for the two-block floating-point Jacobi (``eigh_bfp``: one exponent for
+  the diagonal, one for the shrinking off-diagonal, renormalised every sweep), and
+  both solvers on a wider set: 52 real Grams (2 seeds × steps 0, 25, …, 300, raw
+  and normalised) and the matrices S^½·K·S^½ that FA's IRLS hands its eigensolver
+  on the same gradients with 3 rows replaced by the uniform attack, with the
+  relative top-m eigengap of the worst case;
 * the same top-m subspace from the other routines of ``innet.quant.fixed_svd``:
   the one-sided (Hestenes) Jacobi SVD of the tall gradient matrix itself (n × p,
   no Gram: the condition number is not squared), subspace iteration with a
@@ -29,10 +35,14 @@ import time
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from innet import attacks  # noqa: E402
+from innet.aggregators.flag import FlagAggregator  # noqa: E402
 from innet.quant.capture import digits_gradients  # noqa: E402
 from innet.quant.fixed_eigen import (  # noqa: E402
     accurate_bits,
+    eigh_bfp,
     eigh_fixed,
     principal_angles,
     top_subspace_angle,
@@ -54,6 +64,44 @@ def planted(p=15, n=4000, f=3, seed=0):
     return G
 
 
+def fa_matrices(G: np.ndarray, f: int = 3) -> list[np.ndarray]:
+    """The symmetric matrices FA's IRLS hands its eigensolver (S^½·K·S^½, K the
+    normalised Gram) on the gradients G with f rows replaced by the uniform attack."""
+    rows = torch.from_numpy(G)
+    if f:
+        rows = attacks.get("uniform")(rows, torch.arange(f), torch.Generator().manual_seed(0))
+    seen = []
+
+    def recording_eigh(A):
+        seen.append(A.detach().numpy().copy())
+        return torch.linalg.eigh(A)
+
+    FlagAggregator(f=f, eigh=recording_eigh)(rows)
+    return seen
+
+
+def wide_set(m: int) -> dict:
+    """Worst top-m angle and the eigengap there, per (solver and matrix kind, W)."""
+    steps = tuple(range(0, 301, 25))
+    out: dict = {}
+    for seed in (0, 1):
+        for G in digits_gradients(steps=steps, seed=seed):
+            K = G @ G.T
+            d = np.sqrt(np.diag(K))
+            cases = [("raw", K), ("normalised", K / np.outer(d, d))]
+            cases += [("FA IRLS, f=3 uniform", M) for M in fa_matrices(G)]
+            for kind, M in cases:
+                w = np.linalg.eigvalsh(M)[::-1]
+                gap = (w[m - 1] - w[m]) / w[0]
+                for name, solver in (("fixed", eigh_fixed), ("bfp", eigh_bfp)):
+                    for W in (16, 24):
+                        angle = top_subspace_angle(M, m, W, solver=solver)
+                        key = (f"{name} {kind}", W)
+                        if angle > out.get(key, (-1.0, 0.0))[0]:
+                            out[key] = (angle, gap)
+    return dict(sorted(out.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=8)
@@ -71,6 +119,11 @@ def main() -> None:
     for _ in range(reps):
         np.linalg.eigh(A)
     lapack_ms = 1e3 * (time.perf_counter() - t) / reps
+    eigh_bfp(A, 24)
+    t = time.perf_counter()
+    for _ in range(reps):
+        eigh_bfp(A, 24)
+    bfp_ms = 1e3 * (time.perf_counter() - t) / reps
 
     grams = {}
     gradients = digits_gradients(steps=(0, 50, 150))
@@ -92,18 +145,30 @@ def main() -> None:
             exact = np.linalg.eigvalsh(K)
             ev_err.append(float(np.abs(ev - exact).max() / np.abs(exact).max()))
             bits.append(accurate_bits(ev, exact))
+        bfp = [top_subspace_angle(K, args.m, W, solver=eigh_bfp) for K in grams.values()]
         rows[W] = {"max_angle": max(angles[:-1]), "planted_angle": planted_angle,
+                   "bfp_max_angle": max(bfp[:-1]), "bfp_median_angle": float(np.median(bfp[:-1])),
+                   "bfp_planted_angle": bfp[-1],
                    "median_angle": float(np.median(angles[:-1])),
                    "eigenvalue_rel_err": max(ev_err), "accurate_bits": min(bits)}
     print(f"one 16×16 decomposition: fixed-point Jacobi (W=24) {jacobi_ms:.3f} ms, "
-          f"LAPACK eigh {lapack_ms:.3f} ms")
+          f"two-block BFP Jacobi {bfp_ms:.3f} ms, LAPACK eigh {lapack_ms:.3f} ms")
     print(f"top-{args.m} subspace vs LAPACK: max / median angle over the {len(grams) - 1} real "
           "digits Grams, the planted-outlier Gram apart; eigenvalue error and bits worst case")
+    print(f"{'':>4}{'one exponent (eigh_fixed)':^61}|{'two-block BFP (eigh_bfp)':^36}")
     print(f"{'W':>4}{'max angle':>12}{'median angle':>14}{'planted':>10}{'eig rel err':>13}"
-          f"{'bits':>6}")
+          f"{'bits':>6}{'':>6}|{'max angle':>12}{'median angle':>14}{'planted':>10}")
     for W, r in rows.items():
         print(f"{W:>4}{r['max_angle']:>12.2e}{r['median_angle']:>14.2e}{r['planted_angle']:>10.2e}"
-              f"{r['eigenvalue_rel_err']:>13.2e}{r['accurate_bits']:>6.1f}")
+              f"{r['eigenvalue_rel_err']:>13.2e}{r['accurate_bits']:>6.1f}{'':>6}|"
+              f"{r['bfp_max_angle']:>12.2e}{r['bfp_median_angle']:>14.2e}"
+              f"{r['bfp_planted_angle']:>10.2e}")
+    wide = wide_set(args.m)
+    print("\n26 gradient captures (2 seeds × 13 steps): worst angle over the raw Grams, "
+          "the normalised Grams and FA's IRLS matrices (f = 3 uniform), and the relative "
+          "eigengap (λ_m − λ_m+1)/λ_1 of that matrix")
+    for (kind, W), (angle, gap) in wide.items():
+        print(f"  {kind:<32} W={W}: {angle:.2e} (gap {gap:.1e})")
     real = [K for name, K in grams.items() if name != "planted_outliers"]
     svd_angle, sub_angle = {}, {}
     for W in WORDS:
@@ -135,6 +200,9 @@ def main() -> None:
                       "subspace_iteration_max_angle_by_W": sub_angle,
                       "bfp16_store_w32_solve_max_angle_by_block": bfp16,
                       "max_angle_by_W": {W: r["max_angle"] for W, r in rows.items()},
+                      "bfp_ms_p16": bfp_ms,
+                      "bfp_max_angle_by_W": {W: r["bfp_max_angle"] for W, r in rows.items()},
+                      "wide_set_worst": {f"{k} W={W}": a for (k, W), (a, _) in wide.items()},
                       "planted_angle_by_W": {W: r["planted_angle"] for W, r in rows.items()},
                       "eigenvalue_rel_err_by_W": {W: r["eigenvalue_rel_err"]
                                                   for W, r in rows.items()},

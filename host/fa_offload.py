@@ -8,8 +8,9 @@ FA needs only the p×p Gram matrix of the gradients and returns a weighted sum G
   from a seed all workers share, so the sketch needs additions only — quantised to b
   bits with one exponent per worker. The switch stores the p sketches in registers
   (``p4_models.sketch_store``); the control plane forms the sketched Gram matrix from
-  the integer sketches and runs FA's IRLS with the fixed-point Jacobi eigensolver
-  (``innet.quant.fixed_eigen``, word length W) → coefficients c.
+  the integer sketches and runs FA's IRLS with a quantized Jacobi eigensolver
+  (``innet.quant.fixed_eigen``, word length W; two-block floating point by default)
+  → coefficients c.
 * **phase 2 (sum)**: worker i streams c_i·g_i through the streaming-sum program
   (block floating point, retransmission, fallback: ``host.switch_allreduce``); the
   sum is the aggregate.
@@ -98,15 +99,17 @@ class OffloadStats:
 class OffloadedFA:
     """FA split between the switch and its control plane (see the module docstring).
 
-    ``k_prime`` sketch size, ``W`` eigensolver word length, ``b`` sketch bits; the
+    ``k_prime`` sketch size, ``W`` eigensolver word length, ``solver`` the quantized
+    eigensolver (``"bfp"`` two-block floating point, ``"fixed"`` one shared
+    exponent; :mod:`innet.quant.fixed_eigen`), ``b`` sketch bits; the
     other FA parameters go to :class:`FlagAggregator`. ``switch`` is the phase-2
     allreduce (default: a lossless one). ``defences`` turns the checksum and the bound
     on. ``tol`` is the checksum tolerance, relative to the honest checksum's scale.
     """
 
     def __init__(self, p: int, f: int = 0, k_prime: int = 4096, W: int = 24, b: int = 16,
-                 seed: int = 0, switch: SwitchAllreduce | None = None, defences: bool = True,
-                 tol: float = 0.02, check_buckets: int = 256, **fa_params):
+                 solver: str = "bfp", seed: int = 0, switch: SwitchAllreduce | None = None,
+                 defences: bool = True, tol: float = 0.02, check_buckets: int = 256, **fa_params):
         if not 2 <= b <= 31:
             raise ValueError(f"sketch bits b must be in 2..31, got {b}")
         if k_prime < 1:
@@ -114,7 +117,7 @@ class OffloadedFA:
         self.p, self.f, self.k_prime, self.W, self.b = p, f, k_prime, W, b
         self.seed, self.defences, self.tol = seed, defences, tol
         self.check_buckets = min(check_buckets, k_prime)
-        self.fa = FlagAggregator(f=f, eigh=torch_eigh(W), **fa_params)
+        self.fa = FlagAggregator(f=f, eigh=torch_eigh(W, solver), **fa_params)
         self.full = FlagAggregator(f=f, **fa_params)  # the PS fallback
         self.switch = switch or SwitchAllreduce(p, 64, 512, seed=seed)
         self._sketch: CountSketch | None = None

@@ -21,6 +21,7 @@ from typing import Any
 from host.data import DATASETS
 from host.models import MODELS
 from innet import aggregators, attacks
+from innet.quant.fixed_eigen import SOLVERS
 
 
 class ScenarioError(ValueError):
@@ -151,7 +152,7 @@ class Scenario:
 VIAS = ("ps", "switch", "offload")
 SWITCH_RULES = ("mean",)
 #: parameters of an ``offload`` path that are not FA's (host.fa_offload.OffloadedFA)
-OFFLOAD_PARAMS = {"k_prime": 4096, "W": 24, "b": 16, "defences": True,
+OFFLOAD_PARAMS = {"k_prime": 4096, "W": 24, "b": 16, "solver": "bfp", "defences": True,
                   "phase2_attack": "none"}
 PHASE2_ATTACKS = ("none", "scaled", "replace", "null_space")
 
@@ -451,6 +452,7 @@ def validate(s: Scenario) -> None:
             if off["k_prime"] < 1:
                 raise ScenarioError(f"{key}.params.k_prime: must be >= 1")
             _choice(f"{key}.params.phase2_attack", off["phase2_attack"], PHASE2_ATTACKS)
+            _choice(f"{key}.params.solver", off["solver"], SOLVERS)
         else:
             fa_params = dict(path.params)  # other paths take every parameter as the rule's
         if path.name in seen:

@@ -122,7 +122,7 @@ def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllre
     byz = list(range(scenario.workers.f))
     off = fa_offload.OffloadedFA(
         p or scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"],
-        W=params["W"], b=params["b"], seed=scenario.seed, switch=switch,
+        W=params["W"], b=params["b"], solver=params["solver"], seed=scenario.seed, switch=switch,
         defences=params["defences"], **fa_params)
     attack = params["phase2_attack"]
     if attack != "none" and byz:

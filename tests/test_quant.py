@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -52,6 +52,7 @@ def test_quantised_chunks_fit_the_switchml_bound(seed, p, k):
 # -- fixed-point Jacobi --------------------------------------------------------------
 from innet.quant.fixed_eigen import (  # noqa: E402
     _isqrt,
+    eigh_bfp,
     eigh_fixed,
     principal_angles,
     top_subspace_angle,
@@ -129,8 +130,60 @@ def test_fixed_jacobi_rejects_bad_input():
     assert np.array_equal(eigh_fixed(np.zeros((3, 3)))[0], np.zeros(3))
 
 
+@settings(deadline=None)
+@given(seed=st.integers(0, 2**31), p=st.integers(2, 16), W=st.sampled_from([16, 24, 32]),
+       diag_scale=st.sampled_from([1.0, 1e-3, 0.0]))
+def test_bfp_jacobi_matches_float_references(seed, p, W, diag_scale):
+    """Two-block floating-point Jacobi against the textbook float64 Jacobi and LAPACK,
+    also when the diagonal is far below the off-diagonal (or zero): then the two
+    blocks' exponents start far apart."""
+    rng = np.random.default_rng(seed)
+    G = rng.normal(size=(p, 3 * p)) * rng.uniform(0.1, 10, size=(p, 1))
+    A = G @ G.T
+    A[np.diag_indices(p)] *= diag_scale
+    ev, V = eigh_bfp(A, W)
+    lapack = np.linalg.eigvalsh(A)
+    ref_ev, _ = jacobi_reference(A)
+    assert np.allclose(ref_ev, lapack, rtol=0, atol=1e-9 * np.abs(lapack).max())
+    # stated tolerance: the diagonal block's unit of the last place at its largest
+    # (Gershgorin) scale, × 4p
+    ulp = np.abs(A).sum(axis=1).max() * 2.0 ** -(W - 2)
+    assert np.abs(ev - lapack).max() <= 4 * p * ulp
+    assert np.abs(V.T @ V - np.eye(p)).max() <= 8 * p * 2.0 ** -(W - 2)
+    # V diagonalises A: the residual of A·V = V·Λ on the same scale
+    assert np.abs(A @ V - V * ev).max() <= 16 * p * ulp
+
+
+def test_bfp_jacobi_beats_one_exponent_and_falls_with_W():
+    """On a Gram whose top-8 eigengap is small, renormalising the shrinking
+    off-diagonal block keeps more bits than one exponent for the matrix."""
+    rng = np.random.default_rng(0)
+    G = rng.normal(size=(15, 500))
+    G[:3] *= 4
+    A = G @ G.T
+    _, R = np.linalg.eigh(A)
+    angles = [principal_angles(eigh_bfp(A, W)[1][:, -8:], R[:, -8:]).max()
+              for W in (12, 16, 20, 24, 28, 32)]
+    assert all(b < a for a, b in zip(angles, angles[1:])), angles
+    for W, angle in zip((16, 24), (angles[1], angles[3])):
+        assert angle < top_subspace_angle(A, 8, W) / 3
+    assert angles[-1] < 1e-6
+
+
+def test_bfp_jacobi_edge_cases():
+    assert np.array_equal(eigh_bfp(np.zeros((3, 3)), 16)[0], np.zeros(3))
+    ev, V = eigh_bfp(np.diag([3.0, 1.0, 2.0]), 16)  # already diagonal: no rotation
+    assert np.array_equal(ev, [1.0, 2.0, 3.0])
+    assert np.array_equal(np.abs(V), np.eye(3)[:, [1, 2, 0]])
+    ev, _ = eigh_bfp(np.array([[0.0, 1e-30], [1e-30, 0.0]]), 24)  # tiny, no diagonal
+    assert np.allclose(ev, [-1e-30, 1e-30], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="word length"):
+        eigh_bfp(np.eye(3), W=40)
+    with pytest.raises(ValueError, match="non-finite"):
+        eigh_bfp(np.array([[1.0, np.inf], [np.inf, 1.0]]))
+
+
 # -- fixed-point SVD, subspace iteration, per-block BFP (innet.quant.fixed_svd) ---------
-from hypothesis import settings  # noqa: E402
 
 from innet.quant.fixed_svd import (  # noqa: E402
     subspace_eigh_fixed,

@@ -139,6 +139,152 @@ def jacobi_fixed(A, W, max_sweeps, tol_lsb, V):
     return sweeps
 
 
+@numba.njit(cache=True, inline="always")
+def _shift_round(x, s):
+    """round(x · 2^s) for either sign of s (a left shift is exact; |x| < 2^62)."""
+    if s >= 0:
+        return x << s
+    if s <= -63:  # int64 shifts stop at 63 bits; |x| / 2^63 rounds to 0
+        return np.int64(0)
+    return _mul_shift(x, np.int64(1), -s)
+
+
+@numba.njit(cache=True, inline="always")
+def _bit_length(x):
+    """Number of bits of x ≥ 0 (0 for 0)."""
+    b = 0
+    while (np.int64(1) << b) <= x:
+        b += 1
+    return b
+
+
+@numba.njit(cache=True)
+def jacobi_bfp(D, O, exps, W, max_sweeps, V):
+    """Two-block floating-point Jacobi, in place. The diagonal D (p, int64) and the
+    off-diagonal O (p×p int64, symmetric, zero diagonal) are two blocks of W-bit
+    mantissas, each with its own exponent (value = mantissa · 2^exps[0] for D,
+    · 2^exps[1] for O). Before every sweep each block is renormalised so that its
+    bound for the coming sweep fills the W bits: for O the largest row 2-norm (a
+    rotation keeps a_kp² + a_kq², so no entry of a row grows past it), for D
+    Gershgorin's row bound. As Jacobi converges O shrinks, its exponent drops and its
+    entries keep W significant bits instead of decaying to a few units of the last
+    place of a single shared scale. A rotation aligns d = a_qq − a_pp to O's exponent
+    before the integer rotation, and a_pp, a_qq move by t·a_pq realigned to D's. The
+    updates of O and V are multiply–accumulates rounded once (c·a − s·b in 2W bits,
+    then one rounding shift). V receives the eigenvectors in Q(W−2). Returns the
+    sweeps run; stops when a sweep rotates nothing (every t rounds to 0)."""
+    p = D.shape[0]
+    F = W - 2
+    one = np.int64(1) << F
+    lim = (np.int64(1) << (W - 1)) - 1
+    for i in range(p):
+        for j in range(p):
+            V[i, j] = one if i == j else 0
+    sweeps = 0
+    for _ in range(max_sweeps):
+        bound = np.int64(0)
+        pre = max(W - 28, 0)  # squares of ≤ 28-bit values: p ≤ 64 of them fit int64
+        for i in range(p):
+            s2 = np.int64(0)
+            for j in range(p):
+                o = O[i, j] >> pre
+                s2 += o * o
+            bound = max(bound, (_isqrt(s2) + 1) << pre)
+        if bound <= 1:
+            break
+        sh = (W - 1) - _bit_length(bound)
+        for i in range(p):
+            for j in range(p):
+                O[i, j] = _shift_round(O[i, j], sh)
+        exps[1] -= sh
+        bound = np.int64(1)
+        for i in range(p):
+            r = np.int64(0)
+            for j in range(p):
+                r += abs(O[i, j])
+            bound = max(bound, abs(D[i]) + _shift_round(r, exps[1] - exps[0]) + 1)
+        sh = (W - 1) - _bit_length(bound)
+        for i in range(p):
+            D[i] = _shift_round(D[i], sh)
+        exps[0] -= sh
+        k = exps[0] - exps[1]  # D's exponent over O's
+        kd = min(k, 60 - W)  # d aligned to O's exponent: |d| < 2^(W+kd) ≤ 2^60
+        rotated = False
+        for ip in range(p - 1):
+            for iq in range(ip + 1, p):
+                apq = O[ip, iq]
+                if apq == 0:
+                    continue
+                c, s, t = rotation(_shift_round(D[iq] - D[ip], kd),
+                                   _shift_round(2 * apq, kd - k), F)
+                if s == 0:
+                    continue
+                rotated = True
+                tapq = _shift_round(t * apq, -(F + k))
+                D[ip] = _saturate(D[ip] - tapq, lim)
+                D[iq] = _saturate(D[iq] + tapq, lim)
+                O[ip, iq] = 0
+                O[iq, ip] = 0
+                for m in range(p):
+                    if m != ip and m != iq:
+                        amp, amq = O[m, ip], O[m, iq]
+                        new_p = _saturate(_shift_round(c * amp - s * amq, -F), lim)
+                        new_q = _saturate(_shift_round(s * amp + c * amq, -F), lim)
+                        O[m, ip] = new_p
+                        O[ip, m] = new_p
+                        O[m, iq] = new_q
+                        O[iq, m] = new_q
+                for m in range(p):
+                    vmp, vmq = V[m, ip], V[m, iq]
+                    V[m, ip] = _shift_round(c * vmp - s * vmq, -F)
+                    V[m, iq] = _shift_round(s * vmp + c * vmq, -F)
+        sweeps += 1
+        if not rotated:
+            break
+    return sweeps
+
+
+def _block(X: np.ndarray, W: int) -> tuple[np.ndarray, int]:
+    """W-bit mantissas and the exponent e of one block, X ≈ M · 2^e, peak at full scale."""
+    peak = float(np.max(np.abs(X))) if X.size else 0.0
+    if peak == 0.0:
+        return np.zeros(X.shape, dtype=np.int64), 0
+    e = math.frexp(peak)[1] - (W - 1)
+    lim = (1 << (W - 1)) - 1
+    return np.clip(np.rint(np.ldexp(X, -e)), -lim, lim).astype(np.int64), e
+
+
+def eigh_bfp(A: np.ndarray, W: int = 24, max_sweeps: int = 20
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors by the two-block floating-point Jacobi
+    (:func:`jacobi_bfp`): W-bit mantissas, one exponent for the diagonal and one for
+    the off-diagonal, renormalised every sweep. Like ``numpy.linalg.eigh``."""
+    A = _check_square(A, W)
+    A = (A + A.T) / 2
+    D, ed = _block(np.diag(A).copy(), W)
+    O, eo = _block(A - np.diag(np.diag(A)), W)
+    if ed < eo or not D.any():  # a diagonal below the off-diagonal: put it on O's scale
+        D, ed = np.array([int(_shift_round(x, ed - eo)) for x in D], dtype=np.int64), eo
+    exps = np.array([ed, eo], dtype=np.int64)
+    V = np.empty(A.shape, dtype=np.int64)
+    jacobi_bfp(D, O, exps, W, max_sweeps, V)
+    evals = np.ldexp(D.astype(np.float64), int(exps[0]))
+    vecs = V.astype(np.float64) / float(1 << (W - 2))
+    order = np.argsort(evals, kind="stable")
+    return evals[order], vecs[:, order]
+
+
+def _check_square(A: np.ndarray, W: int) -> np.ndarray:
+    if not 12 <= W <= 32:
+        raise ValueError(f"word length W must be in 12..32, got {W}")
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {A.shape}")
+    if not np.isfinite(A).all():
+        raise ValueError("matrix has non-finite entries")
+    return A
+
+
 def to_fixed(A: np.ndarray, W: int, guard: int | None = None) -> tuple[np.ndarray, float]:
     """Block floating point: integer mantissas M (|m| < 2^(W−1)) and the scale with
     A ≈ M · scale, leaving ``guard`` bits of headroom. By default the headroom comes
@@ -163,11 +309,7 @@ def eigh_fixed(A: np.ndarray, W: int = 24, guard: int | None = None, max_sweeps:
                tol_lsb: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix by fixed-point
     Jacobi with word length W (12 ≤ W ≤ 32), like ``numpy.linalg.eigh``."""
-    if not 12 <= W <= 32:
-        raise ValueError(f"word length W must be in 12..32, got {W}")
-    A = np.asarray(A, dtype=np.float64)
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"expected a square matrix, got shape {A.shape}")
+    A = _check_square(A, W)
     M, scale = to_fixed((A + A.T) / 2, W, guard)
     V = np.empty_like(M)
     jacobi_fixed(M, W, max_sweeps, tol_lsb, V)
@@ -186,10 +328,10 @@ def principal_angles(U: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(s, -1.0, 1.0))[::-1]
 
 
-def top_subspace_angle(A: np.ndarray, m: int, W: int, **kw) -> float:
-    """Largest principal angle between the top-m eigenvector subspaces of A from
-    :func:`eigh_fixed` and from LAPACK."""
-    _, V = eigh_fixed(A, W, **kw)
+def top_subspace_angle(A: np.ndarray, m: int, W: int, solver=None, **kw) -> float:
+    """Largest principal angle between the top-m eigenvector subspaces of A from a
+    quantized solver (:func:`eigh_fixed` unless ``solver`` is given) and from LAPACK."""
+    _, V = (solver or eigh_fixed)(A, W, **kw)
     _, R = np.linalg.eigh(A)
     return float(principal_angles(V[:, -m:], R[:, -m:]).max())
 
@@ -200,13 +342,22 @@ def accurate_bits(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(-np.log2(max(err, 2.0**-64)))
 
 
-def torch_eigh(W: int = 24, **kw):
-    """A drop-in for ``torch.linalg.eigh`` on small CPU float64 matrices that runs the
-    fixed-point solver (for ``FlagAggregator(eigh=...)``)."""
+SOLVERS = ("bfp", "fixed")
+
+
+def torch_eigh(W: int = 24, solver: str = "bfp", **kw):
+    """A drop-in for ``torch.linalg.eigh`` on small CPU float64 matrices that runs a
+    quantized solver (for ``FlagAggregator(eigh=...)``): ``"bfp"`` the two-block
+    floating-point Jacobi (:func:`eigh_bfp`), ``"fixed"`` the one-exponent fixed-point
+    Jacobi (:func:`eigh_fixed`)."""
     import torch
 
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    solve = eigh_bfp if solver == "bfp" else eigh_fixed
+
     def eigh(A):
-        evals, vecs = eigh_fixed(A.detach().cpu().numpy(), W, **kw)
+        evals, vecs = solve(A.detach().cpu().numpy(), W, **kw)
         return torch.from_numpy(evals), torch.from_numpy(vecs)
 
     return eigh
