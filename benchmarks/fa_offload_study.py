@@ -4,8 +4,9 @@
 
 For each (sketch size k′, eigensolver word length W, sketch bits b) the control plane
 computes FA's coefficients from the b-bit sketches with the W-bit quantized Jacobi
-solver (two-block floating point by default, ``--solver fixed`` for one exponent); the aggregate Σ c_i g_i is compared with full FA (float64 Gram, LAPACK) on
-the same gradients: relative error, cosine, and whether the same workers are
+solver (two-block floating point by default, ``--solver fixed`` for one exponent);
+the aggregate Σ c_i g_i is compared with full FA (float64 Gram, LAPACK) on the same
+gradients: relative error, cosine, and whether the same workers are
 down-weighted (the f smallest |c_i| are the Byzantine ones in both). Matrices:
 real digits-MLP gradients (p = 15, SGD steps 0, 50, 150) with f = 3 workers replaced
 by uniform noise, and a planted-outlier synthetic set. Phase 2 (the streaming sum) is

@@ -47,6 +47,11 @@ def test_offloaded_fa_tracks_full_fa(attacked_gradients):
     # the attackers get (almost) no weight, as in full FA
     c, *_ = OffloadedFA(15, 3).coefficients(G)
     assert np.abs(c[:3]).max() < 0.05 * np.abs(c[3:]).min()
+    # the one-exponent solver as well; an unknown solver is refused by name
+    c_fixed, *_ = OffloadedFA(15, 3, solver="fixed").coefficients(G)
+    assert np.abs(c_fixed[:3]).max() < 0.05 * np.abs(c_fixed[3:]).min()
+    with pytest.raises(ValueError, match="solver"):
+        OffloadedFA(15, 3, solver="lapack")
 
 
 @pytest.mark.parametrize("attack", [scaled_phase2([3, 4]), scaled_phase2([5], factor=1.5),
@@ -104,6 +109,9 @@ def test_offload_path_validates_its_parameters():
     with pytest.raises(config.ScenarioError, match=r"phase2_attack"):
         config.from_dict({**base, "paths": [{"rule": "fa", "via": "offload",
                                              "params": {"phase2_attack": "x"}}]})
+    with pytest.raises(config.ScenarioError, match=r"params.solver.*bfp"):
+        config.from_dict({**base, "paths": [{"rule": "fa", "via": "offload",
+                                             "params": {"solver": "lapack"}}]})
 
 
 @pytest.mark.slow
