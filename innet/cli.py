@@ -219,7 +219,8 @@ BENCHMARKS = {
     "aggregators": "robust rules and FA: time per call vs the mean (benchmarks/aggregators.py)",
     "fa_outputs": "FA output modes: accuracy of each (benchmarks/fa_outputs.py)",
     "emulator": "switch emulator vs numpy: ratios, Mpps (benchmarks/emulator.py)",
-    "quant": "fixed-point eigensolver: time and subspace angles per W (benchmarks/quant.py)",
+    "quant": "quantized eigensolvers: time and subspace angles per W (benchmarks/quant.py)",
+    "step": "a training step's parts: worker gradients vs each rule (benchmarks/step.py)",
     "fa_offload_study": "offloaded vs full FA aggregate grid and figure "
                         "(benchmarks/fa_offload_study.py)",
 }

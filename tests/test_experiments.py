@@ -1,6 +1,7 @@
 """Sweeps, reports, comparisons, claims and the packet-loss library (issue 5)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +78,6 @@ def test_set_key_reaches_paths_and_round_trips():
 
 
 def test_every_shipped_scenario_loads():
-    from pathlib import Path
 
     files = sorted(Path("scenarios").glob("*.toml"))
     assert len(files) >= 12
@@ -286,6 +286,9 @@ def test_cli_set_and_bad_options(tmp_path, capsys):
     assert main(["sweep", *TINY]) == 2
     assert "no [sweep] table" in capsys.readouterr().err
     assert main(["bench", "nope"]) == 2
+    from innet.cli import BENCHMARKS
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    assert all((root / f"{name}.py").is_file() for name in BENCHMARKS)
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
 
 
