@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from host.switch_allreduce import AllreduceStats, SwitchAllreduce
-from innet.aggregators.flag import FlagAggregator
+from innet.aggregators.flag import FlagAggregator, default_m
+from innet.quant.control_plane import OUTPUT_CODES, fa_irls
 from innet.quant.fixed_eigen import torch_eigh
 
 
@@ -92,7 +93,11 @@ class OffloadStats:
     fallback: bool = False  #: the step went to the PS (full FA)
     clamped_values: int = 0  #: phase-2 values the switch bound clamped
     sketch_bytes_per_worker: int = 0
-    control_plane_s: float = 0.0  #: measured: sketched Gram + FA IRLS, fixed-point eigen
+    #: measured: the sketched Gram and FA's IRLS with the quantized eigensolver
+    control_plane_s: float = 0.0
+    #: measured: norms, sketch and quantisation of all p rows, over p (each worker
+    #: sketches its own gradient, in parallel with the others)
+    worker_sketch_s: float = 0.0
     phase2: AllreduceStats | None = None
 
 
@@ -118,6 +123,9 @@ class OffloadedFA:
         self.seed, self.defences, self.tol = seed, defences, tol
         self.check_buckets = min(check_buckets, k_prime)
         self.fa = FlagAggregator(f=f, eigh=torch_eigh(W, solver), **fa_params)
+        #: FA's IRLS in one compiled call (innet.quant.control_plane) where it covers
+        #: the setting: the two-block solver, paper mode, λ = 0 (the default)
+        self.compiled = solver == "bfp" and self.fa.mode == "paper" and self.fa.lam == 0
         self.full = FlagAggregator(f=f, **fa_params)  # the PS fallback
         self.switch = switch or SwitchAllreduce(p, 64, 512, seed=seed)
         self._sketch: CountSketch | None = None
@@ -132,18 +140,34 @@ class OffloadedFA:
         return self._sketch
 
     # -- phase 1 ---------------------------------------------------------------------
-    def coefficients(self, G: np.ndarray):
-        """Phase 1: norms, quantised sketches, the sketched Gram, FA's c (control plane)."""
+    def coefficients(self, G: np.ndarray, stats: OffloadStats | None = None):
+        """Phase 1: norms, quantised sketches (workers), the sketched Gram, FA's c
+        (control plane). ``stats`` receives the measured times of both parts."""
+        tick = time.perf_counter()
         norms = np.linalg.norm(G, axis=1)
         unit = G / np.where(norms > 0, norms, 1.0)[:, None]
         Yq, scale = quantise_rows(self.sketch_of(G.shape[1])(unit), self.b)
+        tock = time.perf_counter()
+        if stats is not None:
+            stats.worker_sketch_s = (tock - tick) / G.shape[0]
+        c = self._control_plane(Yq, norms)
+        if stats is not None:
+            stats.control_plane_s = time.perf_counter() - tock
+        return c, norms, Yq, scale
+
+    def _control_plane(self, Yq: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """FA's coefficients from the switch's integer sketches and the norms."""
         dots = integer_gram(Yq)
         sk_norm = np.sqrt(np.diag(dots))
         safe = np.where(sk_norm > 0, sk_norm, 1.0)
         cos = dots / np.outer(safe, safe)
         Kg = cos * np.outer(norms, norms)  # ‖g_i‖‖g_j‖·cos from the sketch
-        result = self.fa.solve_gram(torch.from_numpy(Kg))
-        return result.c.numpy(), norms, Yq, scale
+        if self.compiled:
+            fa = self.fa
+            c, _, _ = fa_irls(Kg, fa.m or default_m(Kg.shape[0]), fa.iters, fa.tol,
+                                  fa.eps, OUTPUT_CODES[fa.output], self.W, 20)
+            return c
+        return self.fa.solve_gram(torch.from_numpy(Kg)).c.numpy()
 
     # -- phase 2 ---------------------------------------------------------------------
     def aggregate(self, G) -> tuple[np.ndarray, OffloadStats]:
@@ -151,9 +175,7 @@ class OffloadedFA:
         G = G.detach().cpu().numpy() if isinstance(G, torch.Tensor) else np.asarray(G)
         G = G.astype(np.float64)
         stats = OffloadStats(sketch_bytes_per_worker=self.k_prime * self.b // 8 + 4)
-        tick = time.perf_counter()
-        c, norms, Yq, scale = self.coefficients(G)
-        stats.control_plane_s = time.perf_counter() - tick
+        c, norms, Yq, scale = self.coefficients(G, stats)
         V = c[:, None] * G  # what honest workers send
         if self.phase2_attack is not None:
             V = self.phase2_attack(V.copy(), c, self.sketch_of(G.shape[1]))

@@ -209,7 +209,8 @@ class _Aggregation:
         step = {"fallback_steps": int(ost.fallback), "checks_failed": len(ost.checks_failed),
                 "clamped_values": ost.clamped_values}
         modelled = (self.clock.serialise_s(ost.sketch_bytes_per_worker)
-                    + 2e-6 * self.clock.latency_us + ost.control_plane_s)
+                    + 2e-6 * self.clock.latency_us + ost.worker_sketch_s
+                    + ost.control_plane_s)
         wire = G.shape[0] * ost.sketch_bytes_per_worker
         if ost.phase2 is not None:
             modelled += self.clock.switch_step_s(ost.phase2.round_log, self.k)

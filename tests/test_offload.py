@@ -139,3 +139,22 @@ def test_integer_gram_is_exact_for_wide_sketches():
     got = integer_gram(Y)
     assert all(abs(int(got[i, j]) - exact[i, j]) <= abs(exact[i, j]) * 2**-52 * 4
                for i in range(4) for j in range(4))
+
+
+def test_offload_runs_the_compiled_irls_where_it_covers_the_setting(attacked_gradients):
+    """Two-block solver, paper mode, λ = 0: one compiled call, whose c agrees with the
+    Python IRLS around the same solver to the solver's resolution (0.14 % here: the
+    W-bit rounding amplifies last-bit differences in the order of operations), and
+    down-weights the same attackers. λ > 0 stays on the Python path."""
+    G = attacked_gradients
+    compiled = OffloadedFA(15, 3)
+    python = OffloadedFA(15, 3)
+    python.compiled = False
+    assert compiled.compiled and not OffloadedFA(15, 3, lam=1.0).compiled
+    assert not OffloadedFA(15, 3, solver="fixed").compiled
+    c1, *_ = compiled.coefficients(G)
+    c2, *_ = python.coefficients(G)
+    np.testing.assert_allclose(c1, c2, rtol=0, atol=1e-2 * np.abs(c2).max())
+    assert np.abs(c1[:3]).max() < 0.05 * np.abs(c1[3:]).min()
+    _, stats = compiled.aggregate(G)
+    assert stats.control_plane_s > 0 and stats.worker_sketch_s > 0

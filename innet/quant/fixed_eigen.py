@@ -244,14 +244,46 @@ def jacobi_bfp(D, O, exps, W, max_sweeps, V):
     return sweeps
 
 
-def _block(X: np.ndarray, W: int) -> tuple[np.ndarray, int]:
-    """W-bit mantissas and the exponent e of one block, X ≈ M · 2^e, peak at full scale."""
-    peak = float(np.max(np.abs(X))) if X.size else 0.0
+@numba.njit(cache=True)
+def _block(X, W):
+    """W-bit mantissas and the exponent e of one block, X ≈ M · 2^e, peak at full scale
+    (M is 0 and e is 0 for an all-zero block). Scaling by 2^−e is exact."""
+    peak = 0.0
+    for x in X.flat:
+        peak = max(peak, abs(x))
+    M = np.zeros(X.shape, dtype=np.int64)
     if peak == 0.0:
-        return np.zeros(X.shape, dtype=np.int64), 0
+        return M, 0
     e = math.frexp(peak)[1] - (W - 1)
     lim = (1 << (W - 1)) - 1
-    return np.clip(np.rint(np.ldexp(X, -e)), -lim, lim).astype(np.int64), e
+    scale = 2.0 ** (-e)
+    for i, x in enumerate(X.flat):
+        M.flat[i] = min(max(np.int64(np.rint(x * scale)), -lim), lim)
+    return M, e
+
+
+@numba.njit(cache=True)
+def eigh_bfp_core(A, W, max_sweeps):
+    """:func:`eigh_bfp` without the input checks, callable from compiled code."""
+    p = A.shape[0]
+    S = (A + A.T) / 2
+    d = np.empty(p)
+    off = S.copy()
+    for i in range(p):
+        d[i] = S[i, i]
+        off[i, i] = 0.0
+    D, ed = _block(d, W)
+    O, eo = _block(off, W)
+    if ed < eo or not D.any():  # a diagonal below the off-diagonal: put it on O's scale
+        for i in range(p):
+            D[i] = _shift_round(D[i], ed - eo)
+        ed = eo
+    exps = np.array([ed, eo], dtype=np.int64)
+    V = np.empty((p, p), dtype=np.int64)
+    jacobi_bfp(D, O, exps, W, max_sweeps, V)
+    evals = D.astype(np.float64) * 2.0 ** exps[0]
+    order = np.argsort(evals, kind="mergesort")
+    return evals[order], V[:, order].astype(np.float64) / float(1 << (W - 2))
 
 
 def eigh_bfp(A: np.ndarray, W: int = 24, max_sweeps: int = 20
@@ -259,19 +291,7 @@ def eigh_bfp(A: np.ndarray, W: int = 24, max_sweeps: int = 20
     """Eigenvalues (ascending) and eigenvectors by the two-block floating-point Jacobi
     (:func:`jacobi_bfp`): W-bit mantissas, one exponent for the diagonal and one for
     the off-diagonal, renormalised every sweep. Like ``numpy.linalg.eigh``."""
-    A = _check_square(A, W)
-    A = (A + A.T) / 2
-    D, ed = _block(np.diag(A).copy(), W)
-    O, eo = _block(A - np.diag(np.diag(A)), W)
-    if ed < eo or not D.any():  # a diagonal below the off-diagonal: put it on O's scale
-        D, ed = np.array([int(_shift_round(x, ed - eo)) for x in D], dtype=np.int64), eo
-    exps = np.array([ed, eo], dtype=np.int64)
-    V = np.empty(A.shape, dtype=np.int64)
-    jacobi_bfp(D, O, exps, W, max_sweeps, V)
-    evals = np.ldexp(D.astype(np.float64), int(exps[0]))
-    vecs = V.astype(np.float64) / float(1 << (W - 2))
-    order = np.argsort(evals, kind="stable")
-    return evals[order], vecs[:, order]
+    return eigh_bfp_core(_check_square(A, W), W, max_sweeps)
 
 
 def _check_square(A: np.ndarray, W: int) -> np.ndarray:
