@@ -126,6 +126,8 @@ class OffloadedFA:
         #: FA's IRLS in one compiled call (innet.quant.control_plane) where it covers
         #: the setting: the two-block solver, paper mode, λ = 0 (the default)
         self.compiled = solver == "bfp" and self.fa.mode == "paper" and self.fa.lam == 0
+        if self.compiled:  # compile (or load from Numba's cache) now, not inside a timed step
+            fa_irls(np.eye(2), 1, 1, 0.0, 1e-7, 0, W, 1)
         self.full = FlagAggregator(f=f, **fa_params)  # the PS fallback
         self.switch = switch or SwitchAllreduce(p, 64, 512, seed=seed)
         self._sketch: CountSketch | None = None
