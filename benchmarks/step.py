@@ -16,35 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from timing import timed  # noqa: E402
 
 from host import data as datasets  # noqa: E402
 from host import models  # noqa: E402
 from host.worker import WorkerPool  # noqa: E402
 from innet import aggregators  # noqa: E402
 from innet.devices import pick_device  # noqa: E402
-
-
-def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
-    """Median seconds of ``fn()`` over ``repeats`` calls after a warm-up, and its last
-    result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def dataset(images: str | None) -> datasets.Dataset:
@@ -81,7 +64,8 @@ def main() -> None:
     model = models.build(args.model, data.image_shape, data.num_classes).to(device)
     pool = WorkerPool(model, data, args.p, args.batch, seed=0)
 
-    grad_s, (G, _) = timed(pool.gradients, args.repeats, device)
+    G, _ = pool.gradients()
+    grad_s = timed(pool.gradients, args.repeats, device)
     print(f"{args.model} on {data.name}, p={args.p} B={args.batch}, n={G.shape[1]:,} "
           f"parameters, {device} (torch {torch.__version__})")
     print(f"  gradients of the {args.p} workers  {1e3 * grad_s:9.2f} ms")
@@ -89,7 +73,7 @@ def main() -> None:
                "gradients_ms": 1e3 * grad_s}
     for name in args.rules.split(","):
         rule = aggregators.get(name, f=args.f)
-        secs, _ = timed(lambda rule=rule: rule(G), args.repeats, device)
+        secs = timed(lambda rule=rule: rule(G), args.repeats, device)
         results[f"{name}_ms"] = 1e3 * secs
         results[f"{name}_share"] = secs / grad_s
         print(f"  {name:<30}{1e3 * secs:9.2f} ms  ({100 * secs / grad_s:5.1f} % of the gradients)")

@@ -92,17 +92,23 @@ def rotation(d, e, F):
     return c, _mul_shift(t, c, F), t
 
 
+@numba.njit(cache=True, inline="always")
+def _identity_q(V, F):
+    """V ← the identity in Q(F) (the eigenvector accumulator before any rotation)."""
+    one = np.int64(1) << F
+    for i in range(V.shape[0]):
+        for j in range(V.shape[1]):
+            V[i, j] = one if i == j else 0
+
+
 @numba.njit(cache=True)
 def jacobi_fixed(A, W, max_sweeps, tol_lsb, V):
     """In place: A (p×p int64, symmetric, |a| < 2^(W−1)) becomes diagonal; V (p×p
     int64) receives the eigenvectors in Q(W−2). Returns the sweeps run."""
     p = A.shape[0]
     F = W - 2  # fraction bits of c, s, t and V
-    one = np.int64(1) << F
     lim = (np.int64(1) << (W - 1)) - 1
-    for i in range(p):
-        for j in range(p):
-            V[i, j] = one if i == j else 0
+    _identity_q(V, F)
     sweeps = 0
     for _ in range(max_sweeps):
         off = np.int64(0)
@@ -175,11 +181,8 @@ def jacobi_bfp(D, O, exps, W, max_sweeps, V):
     sweeps run; stops when a sweep rotates nothing (every t rounds to 0)."""
     p = D.shape[0]
     F = W - 2
-    one = np.int64(1) << F
     lim = (np.int64(1) << (W - 1)) - 1
-    for i in range(p):
-        for j in range(p):
-            V[i, j] = one if i == j else 0
+    _identity_q(V, F)
     sweeps = 0
     for _ in range(max_sweeps):
         bound = np.int64(0)

@@ -27,6 +27,7 @@ import numpy as np
 
 from innet.quant.fixed_eigen import (
     _div_round,
+    _identity_q,
     _isqrt_round,
     _mul_shift,
     eigh_fixed,
@@ -43,10 +44,7 @@ def hestenes_fixed(A, W, acc_shift, max_sweeps, V):
     products are sums of round(a·b / 2^acc_shift). Returns the sweeps run."""
     n, p = A.shape
     F = W - 2
-    one = np.int64(1) << F
-    for i in range(p):
-        for j in range(p):
-            V[i, j] = one if i == j else 0
+    _identity_q(V, F)
     sweeps = 0
     for _ in range(max_sweeps):
         rotated = False
