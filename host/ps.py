@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from innet.aggregators import Aggregator, nonfinite_rows
+from innet.aggregators import Aggregator, NonFiniteGradientError
 
 NONFINITE_POLICIES = ("zero", "error")
 
@@ -45,16 +45,23 @@ class ParameterServer:
         self.aggregate_seconds = 0.0
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        """The rule's output on G, after the non-finite policy; timed."""
-        bad = nonfinite_rows(G)
-        if bad and self.nonfinite == "zero":
-            G = G.clone()
-            G[bad] = 0.0
-            self.nonfinite_rows += len(bad)
+        """The rule's output on G, after the non-finite policy; timed.
+
+        The rule finds non-finite rows itself (in its own pass where it can, see
+        ``Aggregator.finite_check_fused``); under ``nonfinite='zero'`` those rows are
+        zeroed and the rule runs again, so a clean step reads G no extra time."""
         if G.is_cuda:
             torch.cuda.synchronize(G.device)
         start = time.perf_counter()
-        out = self.rule(G)
+        try:
+            out = self.rule(G)
+        except NonFiniteGradientError as err:
+            if self.nonfinite != "zero":
+                raise
+            G = G.clone()
+            G[err.rows] = 0.0
+            self.nonfinite_rows += len(err.rows)
+            out = self.rule(G)
         if G.is_cuda:
             torch.cuda.synchronize(G.device)
         self.aggregate_seconds += time.perf_counter() - start

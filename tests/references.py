@@ -33,9 +33,11 @@ def trimmed_mean(X: np.ndarray, b: int) -> np.ndarray:
 
 
 def _mean_closest(X: np.ndarray, centre: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the k values closest to the centre; equal distances keep the smaller
+    value (innet's tie rule: a rule of the values, not of the worker order)."""
     out = np.empty(X.shape[1])
     for j in range(X.shape[1]):
-        col = sorted(X[:, j], key=lambda v, c=centre[j]: abs(v - c))
+        col = sorted(X[:, j], key=lambda v, c=centre[j]: (abs(v - c), v))
         out[j] = np.mean(col[:k])
     return out
 

@@ -8,6 +8,12 @@ Non-finite input is an error: a rule raises :class:`NonFiniteGradientError` nami
 the offending worker rows. The parameter server decides what to do with such a
 worker (it treats it as Byzantine and replaces its row, see ``host.ps``), so the
 maths here never silently propagates NaN.
+
+The check costs a pass over G, as much as a numpy sum. A rule whose own pass finds
+non-finite rows for free (a CPU kernel reading the exponent bits, a Gram matrix whose
+diagonal is NaN/Inf exactly for those rows) sets ``finite_check_fused`` and raises
+the same error from there, on the devices where that holds
+(:meth:`Aggregator.fuses_finite_check`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class Aggregator:
     """Base class: input checks, then :meth:`aggregate`."""
 
     name = "aggregator"
+    #: the rule's own CPU pass raises NonFiniteGradientError: check() skips its scan there
+    finite_check_fused = False
     #: smallest p for a given f, as (formula text, function); None when any p >= 1 works
     requirement: tuple[str, object] | None = None
 
@@ -50,6 +58,10 @@ class Aggregator:
         if not isinstance(f, int) or f < 0:
             raise ValueError(f"{self.name}: f must be a non-negative integer, got {f!r}")
         self.f = f
+
+    def fuses_finite_check(self, G: torch.Tensor) -> bool:
+        """Whether :meth:`aggregate` detects non-finite rows of G itself."""
+        return self.finite_check_fused and G.device.type == "cpu"
 
     def check(self, G: torch.Tensor) -> None:
         if G.ndim != 2:
@@ -65,9 +77,10 @@ class Aggregator:
                 raise PreconditionError(
                     f"{self.name} needs {text} (got p={p}, f={self.f})"
                 )
-        bad = nonfinite_rows(G)
-        if bad:
-            raise NonFiniteGradientError(bad)
+        if not self.fuses_finite_check(G):
+            bad = nonfinite_rows(G)
+            if bad:
+                raise NonFiniteGradientError(bad)
 
     def __call__(self, G: torch.Tensor) -> torch.Tensor:
         self.check(G)

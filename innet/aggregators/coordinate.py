@@ -1,41 +1,98 @@
 """Coordinate-wise rules: median, trimmed mean, MeaMed, Phocas (REFERENCE §2).
 
-All of them sort or rank the p values of every coordinate at once (a sort along
-dim 0 of the (p, n) stack); nothing loops over coordinates.
+Each needs the p values of every coordinate in order. On the CPU a sorting network
+runs over blocks of coordinates in one pass (``sorting_network``, which also checks
+finiteness); on CUDA a sort along dim 0 of the (p, n) stack is fast and is used as is.
+Both follow the same conventions, so a rule's output does not depend on the device
+beyond the rounding of its means:
+
+* even p: the median is the mean of the two middle values;
+* the k values closest to a centre form a window of the sorted column; on equal
+  distances the smaller value is kept (a rule of the values, not of the worker order);
+* means accumulate in float64 and are rounded once to G's dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
+from innet.aggregators import sorting_network as network
 from innet.aggregators.base import Aggregator
 
 
-def coordinate_median(G: torch.Tensor) -> torch.Tensor:
-    """Per-coordinate median; for even p the average of the two middle values."""
-    p = G.shape[0]
-    S = torch.sort(G, dim=0).values
+def _on_cpu(G: torch.Tensor) -> bool:
+    return G.device.type == "cpu" and G.dtype in (torch.float32, torch.float64)
+
+
+def _numpy(G: torch.Tensor):
+    return G.detach().contiguous().numpy()
+
+
+def _sorted(G: torch.Tensor) -> torch.Tensor:
+    return torch.sort(G, dim=0).values
+
+
+def _median_of_sorted(S: torch.Tensor) -> torch.Tensor:
+    p = S.shape[0]
     lo, hi = (p - 1) // 2, p // 2
-    if lo == hi:
-        return S[lo].clone()
-    return 0.5 * (S[lo] + S[hi])
+    return S[lo].clone() if lo == hi else 0.5 * (S[lo] + S[hi])
+
+
+def _trimmed_of_sorted(S: torch.Tensor, b: int) -> torch.Tensor:
+    p = S.shape[0]
+    return (S[b : p - b].sum(dim=0, dtype=torch.float64) / (p - 2 * b)).to(S.dtype)
+
+
+def _window_mean_of_sorted(S: torch.Tensor, centre: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the k sorted values closest to ``centre``: the window S[s : s + k] with
+    s = #{i < p − k : centre − S[i] > S[i+k] − centre} (ties keep the smaller values)."""
+    p = S.shape[0]
+    start = ((centre - S[: p - k]) > (S[k:] - centre)).sum(dim=0)
+    rows = start + torch.arange(k, device=S.device)[:, None]
+    window = torch.gather(S, 0, rows)
+    return (window.sum(dim=0, dtype=torch.float64) / k).to(S.dtype)
+
+
+def coordinate_median(G: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-coordinate median of G (or of G[rows]); for an even count the average of
+    the two middle values."""
+    if _on_cpu(G):
+        picked = None if rows is None else rows.numpy()
+        return torch.from_numpy(network.median(_numpy(G), picked))
+    return _median_of_sorted(_sorted(G if rows is None else G[rows]))
 
 
 def trimmed_mean(G: torch.Tensor, b: int) -> torch.Tensor:
     """Per coordinate, drop the b largest and b smallest values and average the rest."""
-    p = G.shape[0]
-    S = torch.sort(G, dim=0).values
-    return S[b : p - b].mean(dim=0)
+    if _on_cpu(G):
+        return torch.from_numpy(network.trimmed_mean(_numpy(G), b))
+    return _trimmed_of_sorted(_sorted(G), b)
 
 
-def mean_of_closest(G: torch.Tensor, centre: torch.Tensor, k: int) -> torch.Tensor:
-    """Per coordinate, the mean of the k values closest to ``centre`` (shape (n,))."""
-    distance = (G - centre).abs()
-    idx = torch.topk(distance, k, dim=0, largest=False, sorted=False).indices
-    return torch.gather(G, 0, idx).mean(dim=0)
+def mean_around_median(G: torch.Tensor, k: int, rows: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """Per coordinate, the mean of the k values of G (or of G[rows]) closest to their
+    median."""
+    if _on_cpu(G):
+        picked = None if rows is None else rows.numpy()
+        return torch.from_numpy(network.mean_around_median(_numpy(G), k, picked))
+    S = _sorted(G if rows is None else G[rows])
+    return _window_mean_of_sorted(S, _median_of_sorted(S), k)
 
 
-class Median(Aggregator):
+def mean_around_trimmed_mean(G: torch.Tensor, b: int, k: int) -> torch.Tensor:
+    """Per coordinate, the mean of the k values closest to the b-trimmed mean."""
+    if _on_cpu(G):
+        return torch.from_numpy(network.mean_around_trimmed_mean(_numpy(G), b, k))
+    S = _sorted(G)
+    return _window_mean_of_sorted(S, _trimmed_of_sorted(S, b), k)
+
+
+class _CoordinateRule(Aggregator):
+    finite_check_fused = True  # the CPU kernel reads every value's exponent bits
+
+
+class Median(_CoordinateRule):
     """Coordinate-wise median (Yin et al. 2018). Even p: mean of the two middle values."""
 
     name = "median"
@@ -44,7 +101,7 @@ class Median(Aggregator):
         return coordinate_median(G)
 
 
-class TrimmedMean(Aggregator):
+class TrimmedMean(_CoordinateRule):
     """Coordinate-wise trimmed mean with b = f (Yin et al. 2018); needs p > 2f."""
 
     name = "trimmed_mean"
@@ -54,7 +111,7 @@ class TrimmedMean(Aggregator):
         return trimmed_mean(G, self.f)
 
 
-class MeaMed(Aggregator):
+class MeaMed(_CoordinateRule):
     """Mean-around-median (Xie et al. 2018): per coordinate, mean of the p−f values
     closest to the coordinate median. Needs p > f."""
 
@@ -62,10 +119,10 @@ class MeaMed(Aggregator):
     requirement = ("p >= f+1", lambda p, f: p >= f + 1)
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        return mean_of_closest(G, coordinate_median(G), G.shape[0] - self.f)
+        return mean_around_median(G, G.shape[0] - self.f)
 
 
-class Phocas(Aggregator):
+class Phocas(_CoordinateRule):
     """Phocas (Xie et al. 2018): per coordinate, mean of the p−f values closest to the
     trimmed mean (b = f). Needs p > 2f."""
 
@@ -73,4 +130,4 @@ class Phocas(Aggregator):
     requirement = ("p >= 2f+1", lambda p, f: p >= 2 * f + 1)
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        return mean_of_closest(G, trimmed_mean(G, self.f), G.shape[0] - self.f)
+        return mean_around_trimmed_mean(G, self.f, G.shape[0] - self.f)

@@ -46,7 +46,7 @@ import torch
 
 from innet.aggregators.base import Aggregator
 from innet.aggregators.coordinate import coordinate_median
-from innet.aggregators.gram import gram64
+from innet.aggregators.gram import gram
 
 OUTPUTS = ("paper", "reference", "median_norm")
 MODES = ("paper", "reference")
@@ -93,6 +93,7 @@ class FlagAggregator(Aggregator):
     """
 
     name = "fa"
+    finite_check_fused = True  # gram() raises for non-finite rows
 
     def __init__(
         self,
@@ -241,9 +242,10 @@ class FlagAggregator(Aggregator):
 
     # -- the Aggregator interface --------------------------------------------------------
     def solve(self, G: torch.Tensor) -> FAResult:
-        """Check G, build its Gram matrix (float64 accumulation) and run FA."""
+        """Check G, build its Gram matrix (``gram``: float64 sums of float32 blocks) and
+        run FA."""
         self.check(G)
-        return self.solve_gram(gram64(G), G)
+        return self.solve_gram(gram(G), G)
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        return self.solve_gram(gram64(G), G).aggregate
+        return self.solve_gram(gram(G), G).aggregate

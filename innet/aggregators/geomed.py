@@ -6,7 +6,7 @@ import torch
 
 from innet.aggregators.base import Aggregator
 from innet.aggregators.coordinate import coordinate_median
-from innet.aggregators.gram import gram64
+from innet.aggregators.gram import gram
 
 
 class GeoMed(Aggregator):
@@ -18,10 +18,14 @@ class GeoMed(Aggregator):
     neither a large common offset nor a huge Byzantine row cancels the honest digits.
     Distances come from one Gram matrix of the x_i (‖z−x_i‖² = ‖x_i‖² − 2x_iᵀz + ‖z‖²)
     and z = X·c stays a weighted sum of the rows, so an iteration costs O(p²) after
-    the single O(np²) GEMM.
+    the single O(np²) GEMM. The centred rows are formed block by block inside that
+    GEMM, never as a whole, and since the weights sum to one the output
+    ḡ + X·c = G·c + (1 − Σc)·ḡ is one GEMV over G: three passes in all (median, Gram,
+    output).
     """
 
     name = "geomed"
+    finite_check_fused = True  # the median kernel (CPU) raises for non-finite rows
 
     def __init__(self, f: int = 0, nu: float = 0.1, iters: int = 100, tol: float = 1e-8):
         super().__init__(f)
@@ -31,12 +35,12 @@ class GeoMed(Aggregator):
             raise ValueError(f"{self.name}: iters must be >= 1, got {iters!r}")
         self.nu, self.iters, self.tol = float(nu), int(iters), float(tol)
 
-    def coefficients(self, X: torch.Tensor) -> torch.Tensor:
-        """Weights c (summing to 1) of the geometric median Σ c_i x_i of the rows of X."""
-        K = gram64(X)
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        """Weights c (summing to 1) of the geometric median Σ c_i x_i of the rows x_i
+        whose Gram matrix is K (float64)."""
         p = K.shape[0]
         sq = torch.diagonal(K)
-        c = torch.zeros(p, dtype=torch.float64, device=X.device)  # z = 0: the median
+        c = torch.zeros(p, dtype=torch.float64, device=K.device)  # z = 0: the median
         for _ in range(self.iters):
             Kc = K @ c
             dist = torch.sqrt(torch.clamp(sq - 2.0 * Kc + c @ Kc, min=0.0))
@@ -52,5 +56,5 @@ class GeoMed(Aggregator):
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         centre = coordinate_median(G)
-        X = G - centre
-        return centre + self.coefficients(X).to(G.dtype) @ X
+        c = self.coefficients(gram(G, centre))
+        return c.to(G.dtype) @ G + (1.0 - c.sum()).to(G.dtype) * centre

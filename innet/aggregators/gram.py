@@ -1,33 +1,83 @@
 """Gram matrix and pairwise distances of worker rows (REFERENCE §1.4, §2).
 
 Every rule that needs distances or inner products between the p worker vectors
-works on the p×p Gram matrix K = G Gᵀ: one GEMM over n instead of p² passes.
-The GEMM is accumulated in float64 over column chunks so that float32 input keeps
-full precision without a float64 copy of all of G.
+works on the p×p Gram matrix K = G Gᵀ: one pass over G instead of p² passes.
+
+float32 input: each block of :data:`BLOCK` = 2¹⁴ columns is one float32 GEMM (BLAS
+at full speed), and the p×p block products are summed in float64. A dot product of
+b terms in float32 has error at most γ_b·Σ_k|g_ik g_jk| ≤ γ_b·‖g_i‖‖g_j‖ with
+γ_b ≈ b·2⁻²⁴ (Higham, Thm 3.1); BLAS's FMA accumulation behaves like √b·2⁻²⁴ ≈ 8e-6
+at worst and measures ≈ 1e-7 here (``tests/test_gram.py`` holds it under 1e-6 of
+‖g_i‖‖g_j‖ against float64). So a cosine K_ij/√(K_ii K_jj) is good to ≈ 1e-7 and a
+squared distance to ≈ 4e-7·max‖g‖²: FA's subspace moves by that over its eigengap,
+and Krum can only swap two workers whose scores agree to that relative precision.
+
+Rows for which float32 is not enough are recomputed in float64 (exact to rounding):
+a row whose squares overflow float32 (|g| ≳ 1e19, e.g. a bit-flip attack) or
+underflow it (‖g‖² < 2⁻⁸⁰ and not an all-zero row). A row whose diagonal is still
+NaN/Inf after that holds NaN/Inf itself: :class:`NonFiniteGradientError` names it, so
+the rules built on the Gram matrix need no separate finiteness pass.
+
+K is symmetrised, so d(i, j) and d(j, i) are the same float and rules that rank
+distances do not depend on the order in which BLAS visited the pair.
 """
 
 from __future__ import annotations
 
 import torch
 
-#: columns per float64 chunk; 2^18 × p × 8 bytes stays small on CPU and GPU
-CHUNK = 1 << 18
+from innet.aggregators.base import NonFiniteGradientError
+
+#: columns per float32 GEMM block
+BLOCK = 1 << 14
+#: columns per float64 block of the exact recomputation
+CHUNK64 = 1 << 18
+#: a diagonal below this (2⁻⁸⁰) may have lost digits to float32 underflow
+TINY = 2.0**-80
 
 
-def gram64(G: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-    """K = G Gᵀ in float64, accumulated over column chunks.
+def _rows_float64(G: torch.Tensor, rows: torch.Tensor, centre: torch.Tensor | None
+                  ) -> torch.Tensor:
+    """(g_i − c)·(g_j − c) for i in rows and every j, accumulated in float64."""
+    out = torch.zeros((rows.numel(), G.shape[0]), dtype=torch.float64, device=G.device)
+    for start in range(0, G.shape[1], CHUNK64):
+        block = G[:, start : start + CHUNK64].to(torch.float64)
+        if centre is not None:
+            block = block - centre[start : start + CHUNK64].to(torch.float64)
+        out.addmm_(block[rows], block.T)
+    return out
 
-    BLAS does not promise a bit-symmetric product; K is symmetrised so that d(i, j)
-    and d(j, i) are the same float and rules that rank distances do not depend on
-    the order of the workers."""
+
+def gram(G: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """K = X Xᵀ in float64, X = G (or G − centre, formed block by block, never as a
+    whole). Raises :class:`NonFiniteGradientError` for rows holding NaN/Inf."""
     p, n = G.shape
     if G.dtype == torch.float64:
-        K = G @ G.T
+        X = G if centre is None else G - centre
+        K = X @ X.T
     else:
         K = torch.zeros((p, p), dtype=torch.float64, device=G.device)
-        for start in range(0, n, chunk):
-            block = G[:, start : start + chunk].to(torch.float64)
-            K.addmm_(block, block.T)
+        for start in range(0, n, BLOCK):
+            block = G[:, start : start + BLOCK]
+            if centre is not None:
+                block = block - centre[start : start + BLOCK]
+            K += block @ block.T
+        diag = torch.diagonal(K)
+        suspect = ~torch.isfinite(diag) | (diag < TINY)
+        overflow_pair = ~torch.isfinite(K) & torch.isfinite(diag)[:, None]
+        suspect |= overflow_pair.any(dim=1)
+        if bool(suspect.any()):
+            rows = torch.nonzero(suspect).flatten()
+            X_rows = G[rows] if centre is None else G[rows] - centre
+            # an all-zero row is exact already; recompute the others in float64
+            rows = rows[torch.count_nonzero(X_rows, dim=1) > 0]
+            if rows.numel():
+                exact = _rows_float64(G, rows, centre)
+                K[rows] = exact
+                K[:, rows] = exact.T
+    bad = torch.nonzero(~torch.isfinite(torch.diagonal(K))).flatten()
+    if bad.numel():
+        raise NonFiniteGradientError(bad.tolist())
     return 0.5 * (K + K.T)
 
 

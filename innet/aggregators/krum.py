@@ -1,7 +1,10 @@
 """Krum, Multi-Krum and Bulyan (Blanchard et al. 2017; El Mhamdi et al. 2018; REFERENCE §2).
 
-Distances come from the p×p Gram matrix (one GEMM), the neighbour sums from a sort
-of each row of the distance matrix; there is no loop over pairs.
+Distances come from the p×p Gram matrix (one pass over G, which also finds non-finite
+rows), the neighbour sums from a sort of each row of the distance matrix; there is no
+loop over pairs. The outputs read G once more: Multi-Krum's mean of the selected rows
+is one GEMV with weights 1/m, Bulyan's coordinate phase one sorting-network pass over
+the selected rows, neither copies them.
 """
 
 from __future__ import annotations
@@ -9,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from innet.aggregators.base import Aggregator, PreconditionError
-from innet.aggregators.coordinate import coordinate_median, mean_of_closest
-from innet.aggregators.gram import gram64, squared_distances
+from innet.aggregators.coordinate import mean_around_median
+from innet.aggregators.gram import gram, squared_distances
 
 
 def krum_scores(D: torch.Tensor, f: int) -> torch.Tensor:
@@ -44,6 +47,7 @@ class MultiKrum(Aggregator):
     """
 
     name = "multi_krum"
+    finite_check_fused = True  # gram() raises for non-finite rows
     requirement = ("p >= 2f+3", lambda p, f: p >= 2 * f + 3)
 
     def __init__(self, f: int = 0, m: int | None = None):
@@ -57,10 +61,13 @@ class MultiKrum(Aggregator):
         m = self.m if self.m is not None else p - self.f - 2
         if m > p:
             raise PreconditionError(f"{self.name}: m={m} exceeds p={p}")
-        return multi_krum_select(squared_distances(gram64(G)), self.f, m)
+        return multi_krum_select(squared_distances(gram(G)), self.f, m)
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        return G[self.selection(G)].mean(dim=0)
+        chosen = self.selection(G)
+        weights = torch.zeros(G.shape[0], dtype=G.dtype, device=G.device)
+        weights[chosen] = 1.0 / chosen.numel()
+        return weights @ G
 
 
 class Krum(MultiKrum):
@@ -78,12 +85,13 @@ class Bulyan(Aggregator):
     closest to the coordinate median of the selection. Needs p ≥ 4f+3."""
 
     name = "bulyan"
+    finite_check_fused = True  # gram() raises for non-finite rows
     requirement = ("p >= 4f+3", lambda p, f: p >= 4 * f + 3)
 
     def selection(self, G: torch.Tensor) -> torch.Tensor:
         p = G.shape[0]
         theta = p - 2 * self.f
-        D = squared_distances(gram64(G))
+        D = squared_distances(gram(G))
         remaining = torch.arange(p, device=G.device)
         chosen = []
         for _ in range(theta):  # θ ≤ p small Krum rounds on a p×p matrix
@@ -97,6 +105,6 @@ class Bulyan(Aggregator):
         return torch.stack(chosen)
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        S = G[self.selection(G)]
-        beta = S.shape[0] - 2 * self.f
-        return mean_of_closest(S, coordinate_median(S), beta)
+        chosen = self.selection(G)
+        beta = chosen.numel() - 2 * self.f
+        return mean_around_median(G, beta, rows=chosen)

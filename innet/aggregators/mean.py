@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from innet.aggregators.base import Aggregator
+from innet.aggregators.base import Aggregator, NonFiniteGradientError, nonfinite_rows
 
 
 class Mean(Aggregator):
     """Arithmetic mean (1/p)·Σ g_i. Not robust: one Byzantine row moves it anywhere."""
 
     name = "mean"
+    #: a NaN/Inf anywhere makes its coordinate of the mean, and so the sum of the (n,)
+    #: output, non-finite: that one number is checked, and G scanned only when needed
+    finite_check_fused = True
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
-        return G.mean(dim=0)
+        out = G.mean(dim=0)
+        if self.fuses_finite_check(G) and not bool(torch.isfinite(out.sum())):
+            bad = nonfinite_rows(G)
+            if bad:
+                raise NonFiniteGradientError(bad)
+        return out
 
 
 class SignSGD(Aggregator):
