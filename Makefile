@@ -24,7 +24,8 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-bench: setup
+bench: setup  # ByzFL for the comparison; --no-deps: its torchvision would replace torch
+	$(PY) -m pip install -q --no-deps byzfl==0.0.11
 	$(PY) benchmarks/aggregators.py
 
 clean: clean-cache

@@ -216,7 +216,7 @@ def cmd_compare(args) -> int:
 
 
 BENCHMARKS = {
-    "aggregators": "robust rules and FA: time per call vs the mean (benchmarks/aggregators.py)",
+    "aggregators": "every rule vs a numpy sum and vs ByzFL (benchmarks/aggregators.py)",
     "fa_outputs": "FA output modes: accuracy of each (benchmarks/fa_outputs.py)",
     "emulator": "switch emulator vs numpy: ratios, Mpps (benchmarks/emulator.py)",
     "quant": "quantized eigensolvers: time and subspace angles per W (benchmarks/quant.py)",

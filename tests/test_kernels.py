@@ -206,3 +206,12 @@ def test_cpu_rules_equal_their_torch_path_on_float32(name, monkeypatch):
         assert torch.equal(fast, slow)
     else:
         torch.testing.assert_close(fast, slow, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(aggregators.NAMES))
+def test_half_precision_still_rejects_nonfinite_rows(name):
+    """No fused check for float16: the plain scan runs and names the row."""
+    G = torch.randn(11, 40).to(torch.float16)
+    G[5, 3] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match=r"\[5\]"):
+        aggregators.get(name, f=2)(G)

@@ -60,8 +60,10 @@ class Aggregator:
         self.f = f
 
     def fuses_finite_check(self, G: torch.Tensor) -> bool:
-        """Whether :meth:`aggregate` detects non-finite rows of G itself."""
-        return self.finite_check_fused and G.device.type == "cpu"
+        """Whether :meth:`aggregate` detects non-finite rows of G itself (the fused
+        checks exist for float32/float64 on the CPU)."""
+        return (self.finite_check_fused and G.device.type == "cpu"
+                and G.dtype in (torch.float32, torch.float64))
 
     def check(self, G: torch.Tensor) -> None:
         if G.ndim != 2:
