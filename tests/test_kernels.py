@@ -215,3 +215,24 @@ def test_half_precision_still_rejects_nonfinite_rows(name):
     G[5, 3] = float("nan")
     with pytest.raises(NonFiniteGradientError, match=r"\[5\]"):
         aggregators.get(name, f=2)(G)
+
+
+def test_aggregators_benchmark_prints_the_ratios(tmp_path):
+    """The benchmark's quick mode at a tiny size: every rule's ratio to the numpy sum
+    and the summary keys are in its final JSON line."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "aggregators.py"
+    run = subprocess.run([sys.executable, str(script), "--n", "4096", "--p", "11", "--f", "2",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    for name in aggregators.NAMES:
+        assert figures[f"{name}_vs_numpy_sum"] > 0
+    assert figures["worst_coordinatewise_vs_numpy_sum"] == max(
+        figures[f"{n}_vs_numpy_sum"] for n in ("median", "trimmed_mean", "meamed", "phocas"))
+    assert list(tmp_path.iterdir()) == []  # writes nothing
