@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import time
 import types
@@ -37,6 +36,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import references  # noqa: E402
+from timing import alternating  # noqa: E402
 
 from innet import aggregators  # noqa: E402
 from innet.devices import pick_device  # noqa: E402
@@ -72,24 +72,6 @@ def load_byzfl():
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["byzfl"] = package
     return importlib.import_module("byzfl.aggregators.aggregators")
-
-
-def alternating(fns, repeats: int, device: torch.device) -> list[float]:
-    """Median seconds of each function over ``repeats`` rounds after one warm-up; each
-    round runs every function once, so a ratio compares the same moments."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, acc in zip(fns, times):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            acc.append(time.perf_counter() - start)
-    return [statistics.median(acc) for acc in times]
 
 
 def innet_rule(name: str, f: int, p: int):
