@@ -63,13 +63,14 @@ from emulator.network import (
 from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, default_lanes, switch_packet
 from innet.protocol import decode, encode, flag, packet_dtype
 from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
+from innet.quant.block_float import quantize_value
 
 # counters the kernel keeps (stats vector)
 ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS = range(6)
 # one row per round: packets sent on the busiest up link / down link, totals, retransmit?
 LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT = range(5)
 F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
-PAYLOAD_Q, PAYLOAD_ZERO = 0, 1
+PAYLOAD_Q, PAYLOAD_ZERO, PAYLOAD_X = 0, 1, 2
 
 
 @dataclass
@@ -101,16 +102,35 @@ class AllreduceStats:
         return out
 
 
+@numba.njit(cache=True, inline="always")
+def _quantize_packet(X, w, base, fc, dst):
+    """dst = round(X[w, base : base + k]·fc), zero past the end of the row: the same
+    values :func:`innet.quant.quantize_chunks` writes (one quantiser for both)."""
+    k = dst.shape[0]
+    n = X.shape[1]
+    if base + k <= n:
+        src = X[w, base : base + k]
+        for j in range(k):
+            dst[j] = quantize_value(src[j], fc)
+    else:
+        for j in range(k):
+            dst[j] = quantize_value(X[w, base + j], fc) if base + j < n else 0
+
+
 @numba.njit(cache=True, parallel=True)
 def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                    bitmap, counter, exp_reg, ovf_reg, regs, drops,
-                   mode, Q, e_next, m, shadow, base_flags, live,
+                   mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
                    max_retries, up_params, up_state, down_params, down_state,
-                   result, res_exp, res_ovf, have, want, counts, round_log):
+                   result, dequantized, res_exp, res_ovf, have, want, counts, round_log):
     """Every round of one window (see the module docstring); returns the rounds run.
 
-    mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_ZERO:
-    no values (the exponent preamble). Links and
+    mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_X:
+    worker w quantises its chunk first_chunk + c of X with scale f[c] when it sends
+    the packet (as a SwitchML worker fills its packet buffer), so no send buffer of
+    the whole window is written and read back, and the reassembled chunk is written
+    dequantised (sum / f[c], float64) to its place in ``dequantized`` (n,) instead of
+    ``result``; PAYLOAD_ZERO: no values (the exponent preamble). Links and
     workers are independent, so the up and down phases run in parallel over workers
     (each link's stream is sequential: results do not depend on the thread count)."""
     sent = np.zeros(p, np.int64)  # per worker, this round
@@ -171,6 +191,8 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                             job_id, w, shadow[c], c, flags, e_next[w, c], k, port_of_worker[w],
                             Q, w * m + c, bitmap, counter, exp_reg, ovf_reg, regs, drops, q)
                     else:
+                        if mode == PAYLOAD_X:  # the packet's k values, quantised now
+                            _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
                         kind, idx = switch_packet(
                             job_id, p, pool_size, k, port_of_worker, table,
                             job_id, w, shadow[c], c, flags, e_next[w, c], k, port_of_worker[w],
@@ -242,18 +264,28 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
             break
     # reassembly: a result packet carries its slot's registers, which cannot change
     # once the slot completes within the window (see the module docstring)
-    for s in range(m):
+    n = dequantized.shape[0]
+    for s in numba.prange(m):
         got_it = False
         for w in range(p):
             if live[w] and not want[w, s]:
                 got_it = True
+        idx = shadow[s] * pool_size + s
         if got_it:
-            idx = shadow[s] * pool_size + s
-            for j in range(k):
-                result[s, j] = regs[idx, j]
             res_exp[s] = exp_reg[idx]
             res_ovf[s] = ovf_reg[idx]
             have[s] = True
+        if mode == PAYLOAD_X:  # a chunk nobody received reads 0 (the PS will replace it)
+            base = (first_chunk + s) * k
+            width = min(k, n - base)
+            if width > 0:
+                dst = dequantized[base : base + width]
+                values = regs[idx, :width]
+                for j in range(width):
+                    dst[j] = np.float64(values[j]) / f[s] if got_it else 0.0
+        elif got_it:
+            for j in range(k):
+                result[s, j] = regs[idx, j]
     return rounds
 
 
@@ -320,15 +352,18 @@ class SwitchAllreduce:
         self.dead.add(worker)
 
     # -- one window of chunks ----------------------------------------------------------
-    def _window(self, mode, Q, e_next, m, stats):
+    def _window(self, mode, Q, e_next, m, stats, X=None, first_chunk=0, f=None, out=None):
         """Run rounds until every live worker has every result of the window, or until
-        the retries run out. Returns (values (m, k), exponent, overflow, done)."""
+        the retries run out. Returns (values (m, k), exponent, overflow, done). With
+        mode PAYLOAD_X (compiled engine only) the packets are quantised from X (chunks
+        first_chunk…, scales f) as they are sent, and the reassembled chunks are
+        written dequantised to ``out`` (n,) float64 instead of returned (values None)."""
         p, k, sw = self.p, self.k, self.switch
         preamble = mode == PAYLOAD_ZERO
         shadow = self._set[:m].copy()  # this use of each slot
         self._set[:m] ^= 1
         want = np.ones((p, m), dtype=bool)
-        result = np.zeros((m, k), np.int32)
+        result = None if mode == PAYLOAD_X else np.zeros((m, k), np.int32)
         exp = np.zeros(m, np.int32)
         ovf = np.zeros(m, np.uint8)
         have = np.zeros(m, bool)
@@ -346,12 +381,16 @@ class SwitchAllreduce:
             drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
             Qa = (np.ascontiguousarray(Q, dtype=np.int32).reshape(-1, k) if mode == PAYLOAD_Q
                   else np.zeros((1, k), np.int32))
+            if mode != PAYLOAD_X:
+                X, f, out = np.zeros((1, 1), np.float32), np.zeros(m), np.zeros(0)
+            res = np.zeros((1, k), np.int32) if result is None else result
             rounds = _window_kernel(
                 self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table, lanes,
                 sw.bitmap, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
-                mode, Qa, np.ascontiguousarray(e_next, dtype=np.int32), m, shadow, base_flags, live,
+                mode, Qa, X, first_chunk, f, np.ascontiguousarray(e_next, dtype=np.int32), m,
+                shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
-                result, exp, ovf, have, want, counts, log)
+                res, out, exp, ovf, have, want, counts, log)
             store_states(self.up, up_state)
             store_states(self.down, down_state)
             sw.drops += drops.sum(axis=0)
@@ -473,18 +512,22 @@ class SwitchAllreduce:
             if self.tamper is not None:  # Byzantine integers: materialise what is sent
                 Q = self.tamper(quantize_chunks(X, lo, f, k), b)
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)
-            else:  # the workers' send buffer, reused window after window
+            elif self.wire:  # the wire engine encodes a send buffer, reused window after window
                 if self._send is None or self._send.shape != (p, P, k):
                     self._send = np.empty((p, P, k), np.int32)
                 Q = quantize_chunks(X, lo, f, k, out=self._send)
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)
-            full = min(real, n // k - lo)  # whole chunks; the vector's tail chunk apart
-            if full > 0:
-                np.divide(result[:full], f[:full, None],
-                          out=out[lo * k:(lo + full) * k].reshape(full, k))
-            if full < real:
-                tail = out[(lo + full) * k:]
-                tail[:] = result[full, :len(tail)] / f[full]
+            else:  # compiled engine: quantised as sent, dequantised into out as received
+                result, next_e, ovf, done = self._window(PAYLOAD_X, None, e_next, P, stats,
+                                                         X=X, first_chunk=lo, f=f, out=out)
+            if result is not None:
+                full = min(real, n // k - lo)  # whole chunks; the vector's tail chunk apart
+                if full > 0:
+                    np.divide(result[:full], f[:full, None],
+                              out=out[lo * k:(lo + full) * k].reshape(full, k))
+                if full < real:
+                    tail = out[(lo + full) * k:]
+                    tail[:] = result[full, :len(tail)] / f[full]
             stats.fallback_chunks["overflow"] += int((ovf & done)[:real].sum())
             stats.fallback_chunks["silent_worker"] += int((~done)[:real].sum())
             fallback[lo:lo + real] = (ovf | ~done)[:real]

@@ -254,13 +254,17 @@ def test_repeated_allreduce_never_reads_a_stale_slot():
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.1])
-def test_wire_engine_gives_the_same_sums_as_the_compiled_engine(loss):
+@pytest.mark.parametrize("p,k,n,pool", [(5, 8, 500, 16), (1, 8, 33, 16), (7, 16, 4096, 512),
+                                        (3, 64, 1000, 2)])
+def test_wire_engine_gives_the_same_sums_as_the_compiled_engine(loss, p, k, n, pool):
+    """The compiled engine quantises each packet as it is sent and dequantises each
+    chunk as it is reassembled; the wire engine encodes a quantised send buffer. Same
+    floats out, bit for bit (tail chunks, one window, many windows)."""
     rng = np.random.default_rng(4)
-    p, k, n = 5, 8, 500
     X = rng.normal(size=(p, n)).astype(np.float32)
     link = LinkModel(loss=loss, duplicate=loss / 2, reorder=3 if loss else 0)
-    fast, _ = SwitchAllreduce(p, k, 16, up=link, down=link, seed=1).allreduce(X)
-    wire = SwitchAllreduce(p, k, 16, up=link, down=link, seed=1, wire=True, capture=100_000)
+    fast, _ = SwitchAllreduce(p, k, pool, up=link, down=link, seed=1).allreduce(X)
+    wire = SwitchAllreduce(p, k, pool, up=link, down=link, seed=1, wire=True, capture=100_000)
     slow, stats = wire.allreduce(X)
     assert np.array_equal(fast, slow)  # the integer sums are exact in both engines
     packets = wire.captured()  # what reached the switch, and what it sent back
