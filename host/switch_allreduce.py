@@ -122,7 +122,8 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                    bitmap, counter, exp_reg, ovf_reg, regs, drops,
                    mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
                    max_retries, up_params, up_state, down_params, down_state,
-                   result, dequantized, res_exp, res_ovf, have, want, counts, round_log):
+                   result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
+                   workspace):
     """Every round of one window (see the module docstring); returns the rounds run.
 
     mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_X:
@@ -132,26 +133,25 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
     dequantised (sum / f[c], float64) to its place in ``dequantized`` (n,) instead of
     ``result``; PAYLOAD_ZERO: no values (the exponent preamble). Links and
     workers are independent, so the up and down phases run in parallel over workers
-    (each link's stream is sequential: results do not depend on the thread count)."""
+    (each link's stream is sequential: results do not depend on the thread count).
+    ``workspace`` (:func:`window_workspace`) holds the per-round arrays, allocated once
+    per engine: fresh ones every window cost page faults on ~10 MB (huge pages zeroed
+    whole), more than the rounds' own work."""
     sent = np.zeros(p, np.int64)  # per worker, this round
     arrived = np.zeros(p, np.int64)
     down_sent = np.zeros(p, np.int64)
     lost = np.zeros(p, np.int64)
     dup = np.zeros(p, np.int64)
-    per_link = np.empty((p, 2 * m), np.int32)  # chunk ids in arrival order, per up link
-    out_kind = np.zeros((p, 2 * m), np.int8)  # the switch's answer to each of them
-    out_idx = np.zeros((p, 2 * m), np.int32)
-    pos = np.empty((p, 2 * m), np.int64)
-    keys = np.empty((p, 2 * m), np.float64)
+    # per_link: chunk ids in arrival order, per up link; out_kind / out_idx: the switch's
+    # answer to each of them; pend: per worker, the chunks it may still want; mine: the
+    # records one down link carries; mark: which of them arrived (duplicates count once)
+    (per_link, out_kind, out_idx, pos, keys, pend, rec_kind, rec_idx, rec_dest,
+     mine, dpos, dkeys, mark) = workspace
     scratch = np.zeros((n_lanes, k), np.int32)
-    pend = np.empty((p, m), np.int32)  # per worker: chunks it may still want
     n_pend = np.full(p, m, np.int64)
     for w in range(p):
         for c in range(m):
             pend[w, c] = c
-    rec_kind = np.empty(2 * p * m, np.int8)
-    rec_idx = np.empty(2 * p * m, np.int32)
-    rec_dest = np.empty(2 * p * m, np.int32)
     rounds = 0
     for attempt in range(max_retries + 1):
         flags = base_flags | (F_RETRANSMIT if attempt > 0 else 0)
@@ -207,11 +207,8 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     rec_idx[n_rec] = out_idx[w, t]
                     rec_dest[n_rec] = w
                     n_rec += 1
-        # -- down: multicast results reach every port, unicasts their worker
-        mine = np.empty((p, n_rec), np.int64)  # the records one down link carries
-        dpos = np.empty((p, 2 * n_rec), np.int64)
-        dkeys = np.empty((p, 2 * n_rec), np.float64)
-        mark = np.zeros((p, n_rec), np.int8)
+        # -- down: multicast results reach every port, unicasts their worker (a link
+        # carries at most m multicasts and 2m unicasts: its worker's packets, duplicated)
         for w in numba.prange(p):
             n_w = 0
             for r in range(n_rec):
@@ -227,17 +224,17 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
             delivered = 0
             for j in range(got):
                 r = mine[w, dpos[w, j]]
-                if mark[w, r] == 0:  # duplicates of a record count once as delivered
-                    mark[w, r] = 1
+                if mark[w, dpos[w, j]] == 0:  # duplicates of a record count once as delivered
+                    mark[w, dpos[w, j]] = 1
                     delivered += 1
-                s = rec_idx[r] % pool_size
+                s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
                 if want[w, s]:
                     want[w, s] = False
                 else:
                     dup[w] += 1  # a copy it already has: dropped
             lost[w] = n_w - delivered
             for j in range(got):
-                mark[w, mine[w, dpos[w, j]]] = 0
+                mark[w, dpos[w, j]] = 0
         counts[PACKETS_UP] += sent.sum()
         counts[PACKETS_DOWN] += down_sent.sum()
         counts[RESULTS_LOST] += lost.sum()
@@ -289,6 +286,19 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
     return rounds
 
 
+def window_workspace(p: int, m: int) -> tuple:
+    """The arrays :func:`_window_kernel` reuses round after round for windows of up to m
+    chunks (see its docstring for each one's role)."""
+    up = (p, 2 * m)  # a link delivers at most twice what it was given (duplication)
+    down = (p, 3 * m)  # m multicasts and the unicast answers to 2m arrivals
+    return (np.empty(up, np.int32), np.zeros(up, np.int8), np.zeros(up, np.int32),
+            np.empty(up, np.int64), np.empty(up, np.float64), np.empty((p, m), np.int32),
+            np.empty(2 * p * m, np.int8), np.empty(2 * p * m, np.int32),
+            np.empty(2 * p * m, np.int32), np.empty(down, np.int64),
+            np.empty((p, 6 * m), np.int64), np.empty((p, 6 * m), np.float64),
+            np.zeros(down, np.int8))
+
+
 class SwitchAllreduce:
     """Sum p float32 rows through an emulated switch (see the module docstring).
 
@@ -337,6 +347,7 @@ class SwitchAllreduce:
         self._captured: list[np.ndarray] = []
         self._set = np.zeros(max(pool_size, 1), np.int32)  #: next shadow set of each slot
         self._send: np.ndarray | None = None
+        self._work: tuple | None = None
 
     def crash(self, worker: int, after_rounds: int = 1) -> None:
         """``worker`` dies mid-step: its links carry ``after_rounds`` more rounds, then
@@ -390,7 +401,7 @@ class SwitchAllreduce:
                 mode, Qa, X, first_chunk, f, np.ascontiguousarray(e_next, dtype=np.int32), m,
                 shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
-                res, out, exp, ovf, have, want, counts, log)
+                res, out, exp, ovf, have, want, counts, log, self._workspace(m))
             store_states(self.up, up_state)
             store_states(self.down, down_state)
             sw.drops += drops.sum(axis=0)
@@ -403,6 +414,12 @@ class SwitchAllreduce:
             stuck = np.flatnonzero(~done)
             sw.clear_slots(stuck, shadow[stuck])
         return result, exp, ovf != 0, done
+
+    def _workspace(self, m: int) -> tuple:
+        """The window kernel's arrays, built once for the largest window seen."""
+        if self._work is None or self._work[5].shape[1] < m:
+            self._work = window_workspace(self.p, m)
+        return self._work
 
     def _wire_window(self, mode, Q, e_next, m, shadow, base_flags, live,
                      result, exp, ovf, have, want, stats):
