@@ -72,6 +72,30 @@ def test_out_of_range_integers_saturate_and_flag_overflow():
     assert r.values[0].tolist() == [INT32_MAX - 5, INT32_MAX, INT32_MAX, INT32_MAX]
 
 
+int32s = st.one_of(st.integers(-(2**31), 2**31 - 1),
+                   st.sampled_from([-(2**31), -(2**31) + 1, -1, 0, 1, 2**31 - 2, 2**31 - 1]))
+
+
+@settings(max_examples=200)
+@given(rows=st.lists(st.lists(int32s, min_size=8, max_size=8), min_size=1, max_size=6))
+def test_saturating_add_equals_the_clamped_fold_lane_by_lane(rows):
+    """Each contribution is clamped to int32 as it is added (the Processor's
+    semantics), and the overflow flag is set exactly when some step clamped."""
+    p = len(rows)
+    vals = np.array(rows, dtype=np.int64)
+    expected, clamped = vals[0].copy(), False
+    for row in vals[1:]:
+        total = expected + row
+        clamped |= bool(((total > INT32_MAX) | (total < -(2**31))).any())
+        expected = np.clip(total, -(2**31), INT32_MAX)
+    sw = SumSwitch(p=p, k=8, pool_size=1)
+    r = sw.process(encode(header(p, worker=list(range(p))), vals.astype(np.int32)),
+                   np.arange(p))
+    assert r.kind.tolist() == [MULTICAST]
+    assert r.values[0].tolist() == expected.tolist()
+    assert bool(r.overflow[0]) == clamped
+
+
 def test_byzantine_integers_go_to_the_fallback():
     rng = np.random.default_rng(1)
     p, n, k = 5, 4096, 64
