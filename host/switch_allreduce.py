@@ -62,7 +62,7 @@ from emulator.network import (
 )
 from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, default_lanes, switch_packet
 from innet.protocol import decode, encode, flag, packet_dtype
-from innet.quant import EXP_MIN, chunk_exponents, quantize_chunks, scale_of
+from innet.quant import chunk_exponents, quantize_chunks, scale_of
 from innet.quant.block_float import quantize_value
 
 # counters the kernel keeps (stats vector)
@@ -516,16 +516,18 @@ class SwitchAllreduce:
         drops_before = self.switch.drops.copy()
         P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
         windows = -(-C // P)
-        e_pad = np.full((p, (windows + 1) * P), EXP_MIN, np.int32)
-        e_pad[:, :C] = chunk_exponents(X, k)
+        # each window's packets carry the workers' exponents for the next window, taken
+        # just before it is sent (as a SwitchML worker does): the data is read again
+        # one window later, from cache, instead of after a pass over the whole vector
+        e_next = chunk_exponents(X, k, 0, P)
         # preamble: agree on window 0's exponents (value-free packets, PHASE flag)
-        _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_pad[:, :P], P, stats)
-        agreed = np.where(done, agreed, e_pad[:, :P].max(axis=0))
+        _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_next, P, stats)
+        agreed = np.where(done, agreed, e_next.max(axis=0))
         for b in range(windows):
             lo, hi = b * P, (b + 1) * P
             real = min(hi, C) - lo  # chunks of this window inside the vector
             f = scale_of(agreed, p)
-            e_next = e_pad[:, hi:hi + P]
+            e_next = chunk_exponents(X, k, hi, P)
             if self.tamper is not None:  # Byzantine integers: materialise what is sent
                 Q = self.tamper(quantize_chunks(X, lo, f, k), b)
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)

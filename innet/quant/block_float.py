@@ -16,16 +16,21 @@ EXP_MIN, EXP_MAX = -126, 127  # the int8 header field, float32's normal range
 
 
 @numba.njit(cache=True, parallel=True)
-def _chunk_exponents(bits, k, out):
-    """bits: the float32 rows viewed as int32. |x| orders like its bits with the sign
-    cleared, so the peak is an integer max (vectorises; NaN/Inf give the top exponent)
-    and its exponent is read from the bits: frexp(x)[1] = biased exponent − 126."""
+def _chunk_exponents(bits, k, first_chunk, out):
+    """bits: the float32 rows viewed as int32; out[w, c] for chunk first_chunk + c.
+    |x| orders like its bits with the sign cleared, so the peak is an integer max
+    (vectorises; NaN/Inf give the top exponent) and its exponent is read from the
+    bits: frexp(x)[1] = biased exponent − 126. A chunk past the end gets EXP_MIN."""
     p, n = bits.shape
     C = out.shape[1]
     for w in numba.prange(p):
         row = bits[w]
         for c in range(C):
-            seg = row[c * k:min((c + 1) * k, n)]
+            start = (first_chunk + c) * k
+            if start >= n:
+                out[w, c] = EXP_MIN
+                continue
+            seg = row[start:min(start + k, n)]
             peak = np.int32(0)  # int32, not int64: twice the SIMD lanes
             for j in range(seg.shape[0]):
                 peak = max(seg[j] & np.int32(0x7FFFFFFF), peak)
@@ -33,12 +38,16 @@ def _chunk_exponents(bits, k, out):
             out[w, c] = min(max(e, EXP_MIN), EXP_MAX)
 
 
-def chunk_exponents(X: np.ndarray, k: int) -> np.ndarray:
-    """(p, C) exponents: per worker and chunk of k values, the smallest e with
-    2^e ≥ max|x|, clipped to [-126, 127] (zero chunks get -126)."""
+def chunk_exponents(X: np.ndarray, k: int, first_chunk: int = 0,
+                    count: int | None = None) -> np.ndarray:
+    """(p, count) exponents: per worker and chunk of k values (chunks first_chunk …
+    first_chunk + count − 1; default all), the smallest e with 2^e ≥ max|x|, clipped
+    to [-126, 127] (zero chunks, and chunks past the end of X, get -126)."""
     X = np.ascontiguousarray(X, dtype=np.float32)
-    out = np.empty((X.shape[0], -(-X.shape[1] // k)), dtype=np.int32)
-    _chunk_exponents(X.view(np.int32), k, out)
+    if count is None:
+        count = -(-X.shape[1] // k) - first_chunk
+    out = np.empty((X.shape[0], count), dtype=np.int32)
+    _chunk_exponents(X.view(np.int32), k, first_chunk, out)
     return out
 
 
