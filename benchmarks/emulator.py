@@ -34,7 +34,7 @@ from innet.quant import INT32_MAX  # noqa: E402
 BMV2_PPS = 80_000
 
 
-def best(*fns, repeats=7) -> list[float]:
+def best(*fns, repeats: int) -> list[float]:
     """Best-of-``repeats`` seconds of each function, the functions interleaved so that
     a baseline and what is compared with it see the same machine (shared cores are
     noisy: a ratio of two bests taken minutes apart is not)."""
@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--log2n", type=int, default=22)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--pool", type=int, default=8192, help="slots per shadow set")
+    ap.add_argument("--repeats", type=int, default=15,
+                    help="interleaved rounds; each figure is the best of them")
     args = ap.parse_args()
     p, n, k, P = args.p, 1 << args.log2n, args.k, args.pool
     rng = np.random.default_rng(0)
@@ -88,7 +90,7 @@ def main() -> None:
             out = sw.process_native(hdrs[b], Qw[b], worker)
         return out
 
-    t_np, t_sw = best(numpy_add, switch_only)
+    t_np, t_sw = best(numpy_add, switch_only, repeats=args.repeats)
     res = switch_only()
     ok = np.array_equal(res.values[-1].astype(np.int64),
                         Q.reshape(p, C, k)[:, -1].astype(np.int64).sum(0))
@@ -106,13 +108,14 @@ def main() -> None:
         for b in range(windows):
             ar.reduce_window(Qr[b], e, b)
 
-    t_np2, t_loss = best(numpy_add, lossy_run)
+    t_np2, t_loss = best(numpy_add, lossy_run, repeats=args.repeats)
     # end to end on floats
     X = rng.normal(size=(p, n)).astype(np.float32)
     fsum = np.empty(n, np.float32)
     e2e = SwitchAllreduce(p, k, P)
     buf = np.empty(n, np.float64)  # both sides write into a preallocated output
-    t_fsum, t_e2e = best(lambda: X.sum(axis=0, out=fsum), lambda: e2e.allreduce(X, out=buf))
+    t_fsum, t_e2e = best(lambda: X.sum(axis=0, out=fsum), lambda: e2e.allreduce(X, out=buf),
+                         repeats=args.repeats)
     out, stats = e2e.allreduce(X)
     err = float(np.abs(out - X.sum(0, dtype=np.float64)).max())
 
