@@ -20,11 +20,16 @@ Two engines run the same protocol:
 * the compiled engine (default): one Numba call per window runs every round — links
   (:func:`emulator.network.transmit_into`), the switch program
   (:func:`emulator.switch.switch_packet`, in slot lanes on all cores), delivery and
-  reassembly; payloads are read in place from the workers' send buffer. Result
+  reassembly. A worker quantises a packet's values when it sends it (a retransmission
+  quantises again: same integers), and a reassembled chunk is dequantised straight
+  into the output, so no window-sized int32 buffer is written and read back; the
+  exponents a window's packets carry for the next window are taken just before the
+  window is sent, so that data is read again one window later, from cache. Result
   packets refer to their slot's registers rather than copying them: a slot's
   registers cannot change once it completes within its window (every later packet
   to it is a retransmission, answered by unicast), so the values are the same.
-* the wire engine (``wire=True``): every round is encoded in the wire format
+* the wire engine (``wire=True``): the workers quantise the window into a send
+  buffer, every round is encoded in the wire format
   (:mod:`innet.protocol`), run through :meth:`SumSwitch.process`, and the results are
   encoded as RESULT packets; ``capture`` keeps them for a pcap. Slow; for inspection
   and as a cross-check of the compiled engine.
@@ -142,6 +147,7 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
     down_sent = np.zeros(p, np.int64)
     lost = np.zeros(p, np.int64)
     dup = np.zeros(p, np.int64)
+    missing = np.zeros(p, np.int64)
     # per_link: chunk ids in arrival order, per up link; out_kind / out_idx: the switch's
     # answer to each of them; pend: per worker, the chunks it may still want; mine: the
     # records one down link carries; mark: which of them arrived (duplicates count once)
@@ -169,10 +175,11 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                         n_w += 1
                 n_pend[w] = n_w
                 got = transmit_into(up_params[w], up_state[w], n_w, pos[w], keys[w])
-                for j in range(got):
-                    pos[w, j] = per_link[w, pos[w, j]]
-                for j in range(got):
-                    per_link[w, j] = pos[w, j]
+                if up_params[w, P_LOSSLESS] == 0.0:  # lossless: arrival order = send order
+                    for j in range(got):
+                        pos[w, j] = per_link[w, pos[w, j]]
+                    for j in range(got):
+                        per_link[w, j] = pos[w, j]
                 sent[w] = n_w
                 arrived[w] = got
         longest = arrived.max()
@@ -222,6 +229,7 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                 continue
             got = transmit_into(down_params[w], down_state[w], n_w, dpos[w], dkeys[w])
             delivered = 0
+            wanted = 0
             for j in range(got):
                 r = mine[w, dpos[w, j]]
                 if mark[w, dpos[w, j]] == 0:  # duplicates of a record count once as delivered
@@ -230,9 +238,11 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                 s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
                 if want[w, s]:
                     want[w, s] = False
+                    wanted += 1
                 else:
                     dup[w] += 1  # a copy it already has: dropped
             lost[w] = n_w - delivered
+            missing[w] = sent[w] - wanted  # results this worker still waits for
             for j in range(got):
                 mark[w, dpos[w, j]] = 0
         counts[PACKETS_UP] += sent.sum()
@@ -250,13 +260,8 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
         counts[ROUNDS] += 1
         pending = False
         for w in range(p):
-            if live[w]:
-                for i in range(n_pend[w]):
-                    if want[w, pend[w, i]]:
-                        pending = True
-                        break
-            if pending:
-                break
+            if live[w] and missing[w] > 0:
+                pending = True
         if not pending:
             break
     # reassembly: a result packet carries its slot's registers, which cannot change
