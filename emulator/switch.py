@@ -250,15 +250,21 @@ class SumSwitch:
         self._out = None
         self._rows: np.ndarray | None = None
 
-    def clear_slots(self, slots: np.ndarray, shadows: np.ndarray) -> None:
-        """Control plane: reset some slots, each in one shadow set (a failed window)."""
+    def clear_slots(self, slots: np.ndarray) -> None:
+        """Control plane: reset some slots after a failed window, in *both* shadow sets.
+
+        Clearing only the set in use is not enough: a worker's packet clears its bit
+        in the other set, so when a window is lost before its packets arrive the bits
+        of the slot's previous use survive, and the next use of that set would take
+        every packet for a retransmission and answer with the previous use's kept
+        result — a stale sum, accepted as done. (The previous use itself completed:
+        had it not, its slot would have been cleared then.)"""
         slots = np.asarray(slots, dtype=np.int64)
-        shadows = np.asarray(shadows, dtype=np.int64)
-        idx = shadows * self.pool_size + slots
-        self.counter[idx] = 0
-        self.overflow[idx] = 0
-        mask = np.uint64(0xFFFFFFFF) << (np.uint64(32) * shadows.astype(np.uint64))
-        self.bitmap[slots] &= ~mask
+        for v in (0, 1):
+            idx = v * self.pool_size + slots
+            self.counter[idx] = 0
+            self.overflow[idx] = 0
+        self.bitmap[slots] = 0
 
     def drop_counts(self) -> dict[str, int]:
         return dict(zip(DROP_REASONS, self.drops.tolist()))

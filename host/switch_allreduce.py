@@ -417,7 +417,7 @@ class SwitchAllreduce:
         done = ~want[waiting].any(axis=0) & have
         if not done.all():  # control plane: free the stuck slots before the set is reused
             stuck = np.flatnonzero(~done)
-            sw.clear_slots(stuck, shadow[stuck])
+            sw.clear_slots(stuck)
         return result, exp, ovf != 0, done
 
     def _workspace(self, m: int) -> tuple:
