@@ -18,8 +18,8 @@ from p4_models import Program, Target, streaming_sum, tofino1
 from p4_models import switchml_sum as ss
 
 DROP_REASONS = ("malformed", "unknown_job", "worker_out_of_range", "wrong_ingress_port",
-                "slot_out_of_range")
-MALFORMED, UNKNOWN_JOB, WORKER_RANGE, WRONG_PORT, SLOT_RANGE = range(5)
+                "slot_out_of_range", "duplicate")
+MALFORMED, UNKNOWN_JOB, WORKER_RANGE, WRONG_PORT, SLOT_RANGE, DUPLICATE = range(6)
 MULTICAST, UNICAST = 1, 2
 F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
@@ -93,6 +93,7 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
     last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
     action = table[seen, in_progress, last]
     if action == ss.DROP_DUPLICATE:
+        drops[lane, DUPLICATE] += 1
         return 0, idx
     if action == ss.WRITE_FIRST or action == ss.WRITE_FIRST_AND_MULTICAST:
         counter[idx] = 1
@@ -292,7 +293,7 @@ class SumSwitch:
             rows = np.asarray(rows, dtype=np.int64)
             if N and (rows.min() < 0 or rows.max() >= len(values)):
                 raise ValueError("rows index outside the payload array")
-        h = {name: np.ascontiguousarray(h[name], dtype=np.int32) for name in fields}
+        h = self._native_fields(h, fields)
         lanes = min(self.lanes, default_lanes())
         kind_of, row_of, exp, ovf, out_values = self._output_buffers(N, lanes * N)
         drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
@@ -337,6 +338,23 @@ class SumSwitch:
                          np.zeros(rows, np.uint8), np.zeros((rows, self.k), np.int32))
         kind_of, row_of, exp, ovf, values = self._out
         return kind_of[:N], row_of[:N], exp[:rows], ovf[:rows], values[:rows]
+
+    @staticmethod
+    def _native_fields(h: dict[str, np.ndarray], fields: tuple[str, ...]) -> dict:
+        """The header fields as int32 arrays. A value int32 cannot hold (a field given
+        as int64, say worker 2³² + 1) must not wrap into a valid one (worker 1): such a
+        packet gets count −1, so the parser drops it as malformed, counted."""
+        out, bad = {}, None
+        for name in fields:
+            a = np.asarray(h[name])
+            if a.dtype != np.int32 and a.size:
+                wide = (a < -(2**31)) | (a > 2**31 - 1)
+                bad = wide if bad is None else bad | wide
+            out[name] = np.ascontiguousarray(a, dtype=np.int32)
+        if bad is not None and bad.any():
+            out["count"] = out["count"].copy()
+            out["count"][bad] = -1
+        return out
 
     def _identity_rows(self, N: int) -> np.ndarray:
         """0 … N−1 (packet i reads payload row i), kept between batches."""

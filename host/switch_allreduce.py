@@ -76,6 +76,9 @@ ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESUL
 LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT = range(5)
 F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
 PAYLOAD_Q, PAYLOAD_ZERO, PAYLOAD_X = 0, 1, 2
+MAX_RETRIES = 10_000  # timeouts per window; far past any loss a run survives
+MAX_POOL = 1 << 15  # slots per shadow set the header's 15-bit slot field can name
+MAX_JOB = 255  # the header's 8-bit job field
 
 
 @dataclass
@@ -325,6 +328,16 @@ class SwitchAllreduce:
             if (switch.p, switch.k) != (p, k):
                 raise ValueError(f"the leased switch runs p={switch.p}, k={switch.k}")
             pool_size, job = switch.pool_size, switch.job
+        if not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES:
+            # the round log holds a row per round: bound it before allocating
+            raise ValueError(f"max_retries must be an integer in 0..{MAX_RETRIES}, "
+                             f"got {max_retries!r}")
+        if not 0 <= pool_size <= MAX_POOL:
+            raise ValueError(f"pool_size must be in 0..{MAX_POOL} (the header's 15-bit slot "
+                             f"field), got {pool_size!r}")
+        if not 0 <= job <= MAX_JOB:
+            raise ValueError(f"job must be in 0..{MAX_JOB} (the header's 8-bit job field), "
+                             f"got {job!r}")
         self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
         self.max_retries = max_retries
         if switch is None and pool_size > 0:

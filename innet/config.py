@@ -20,6 +20,7 @@ from typing import Any
 
 from host.data import DATASETS
 from host.models import MODELS
+from host.switch_allreduce import MAX_POOL, MAX_RETRIES
 from innet import aggregators, attacks
 from innet.quant.fixed_eigen import SOLVERS
 
@@ -394,6 +395,11 @@ def validate(s: Scenario) -> None:
     _positive("network.k", n.k)
     _positive("network.pool_size", n.pool_size, strict=False)
     _positive("network.max_retries", n.max_retries, strict=False)
+    if n.pool_size > MAX_POOL:
+        raise ScenarioError(f"network.pool_size: at most {MAX_POOL} (the header's 15-bit slot "
+                            f"field), got {n.pool_size}")
+    if n.max_retries > MAX_RETRIES:
+        raise ScenarioError(f"network.max_retries: at most {MAX_RETRIES}, got {n.max_retries}")
     for name in ("bandwidth_gbps", "latency_us", "pass_ns", "timeout_us"):
         _positive(f"network.{name}", getattr(n, name))
     if n.failed_port and (len(n.failed_port) != 3 or not 0 <= n.failed_port[0] < w.p

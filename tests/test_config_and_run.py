@@ -39,6 +39,8 @@ def test_shipped_default_scenario_loads():
         ("[workers]\np = 8\nf = 3\n[[paths]]\nrule = 'multi_krum'", "p >= 2f+3"),
         ("[workers]\nattack = 'drop'\nattack_params = {fraction = 3.0}", "workers.attack_params"),
         ("paths = 3", "paths: expected an array"),
+        ("[network]\nmax_retries = 1000000000", "network.max_retries: at most"),
+        ("[network]\npool_size = 40000", "network.pool_size: at most 32768"),
     ],
 )
 def test_invalid_scenarios_name_the_key(tmp_path, text, message):

@@ -189,6 +189,38 @@ def test_wrong_dtype_batch_is_dropped():
     assert sw.drop_counts()["malformed"] == 3 and set(DROP_REASONS) == set(sw.drop_counts())
 
 
+def test_native_fields_beyond_int32_are_dropped_not_wrapped():
+    """Issue 12: worker 2³² + 1 given as int64 was cast to worker 1 and counted."""
+    sw = SumSwitch(p=2, k=4, pool_size=2)
+    h = {name: np.zeros(3, np.int64) for name in
+         ("job", "worker", "shadow", "slot", "flags", "exponent", "count")}
+    h["count"][:] = 4
+    h["worker"][:] = [2**32 + 1, 0, 1]
+    h["slot"][2] = -(2**32) + 1  # wraps to slot 1 in int32
+    res = sw.process_native(h, np.ones((3, 4), np.int32), np.array([1, 0, 1]))
+    assert len(res) == 0
+    assert sw.drop_counts()["malformed"] == 2
+    assert sw.counter.tolist() == [1, 0, 0, 0]  # only worker 0's packet counted, in slot 0
+
+
+def test_dropped_duplicates_are_counted():
+    sw = SumSwitch(p=3, k=4, pool_size=2)
+    frame = encode(header(1, worker=[0]), np.ones((1, 4), np.int32))
+    sw.process(np.concatenate([frame, frame]).astype(packet_dtype(4)), np.array([0, 0]))
+    assert sw.drop_counts()["duplicate"] == 1
+    assert sw.counter[0] == 1
+
+
+@pytest.mark.parametrize("field,value,text", [
+    ("max_retries", 10**9, "max_retries"), ("max_retries", -1, "max_retries"),
+    ("pool_size", 40_000, "15-bit slot"), ("job", 300, "8-bit job")])
+def test_allreduce_parameters_beyond_the_header_or_memory_are_refused(field, value, text):
+    """Issue 12: max_retries = 10**9 allocated 37 GiB; pool 40 000 aliased the slot
+    field and job 300 wrapped (every chunk fell back)."""
+    with pytest.raises(ValueError, match=text):
+        SwitchAllreduce(2, 4, **{"pool_size": 4, field: value})
+
+
 # -- resources ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("pool", [64, 512, 4096])
 def test_streaming_sum_k64_fits_tofino1(pool):
