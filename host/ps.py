@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from innet.aggregators import Aggregator, NonFiniteGradientError
+from innet.aggregators import Aggregator, NonFiniteGradientError, nonfinite_rows
 
 NONFINITE_POLICIES = ("zero", "error")
 
@@ -56,16 +56,27 @@ class ParameterServer:
         try:
             out = self.rule(G)
         except NonFiniteGradientError as err:
-            if self.nonfinite != "zero":
-                raise
-            G = G.clone()
-            G[err.rows] = 0.0
-            self.nonfinite_rows += len(err.rows)
-            out = self.rule(G)
+            out = self.rule(self._apply_policy(G, err.rows))
         if G.is_cuda:
             torch.cuda.synchronize(G.device)
         self.aggregate_seconds += time.perf_counter() - start
         return out
+
+    def screen(self, G: torch.Tensor) -> torch.Tensor:
+        """G after the non-finite policy, for the paths whose rows leave the workers as
+        integers (the switch sum, the FA offload): a NaN/Inf must be caught before
+        quantisation, where it would turn into a huge or arbitrary integer."""
+        bad = nonfinite_rows(G)
+        return self._apply_policy(G, bad) if bad else G
+
+    def _apply_policy(self, G: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Zero the non-finite rows and count them, or raise (``nonfinite='error'``)."""
+        if self.nonfinite != "zero":
+            raise NonFiniteGradientError(rows)
+        G = G.clone()
+        G[rows] = 0.0
+        self.nonfinite_rows += len(rows)
+        return G
 
     def apply(self, update: torch.Tensor) -> None:
         """Use the (n,) aggregate as the gradient of the model and take one SGD step."""

@@ -174,12 +174,13 @@ class _Aggregation:
             self.switch.crash(worker)
             return self.step(G)
         update, modelled, stats = (self._ps(G[live]) if self.path.via == "ps"
-                                   else self._offload_fallback(G[live]))
+                                   else self._offload_fallback(self.ps.screen(G[live])))
         return update, modelled + timeouts, stats
 
     def step(self, G: torch.Tensor):
         if self.path.via == "ps":
-            return self._ps(G)
+            return self._ps(G)  # the rule finds non-finite rows in its own pass
+        G = self.ps.screen(G)  # in-network: before anything is quantised
         if self.path.via == "offload":
             return self._offload(G)
         return self._switch(G)

@@ -158,3 +158,37 @@ def test_offload_runs_the_compiled_irls_where_it_covers_the_setting(attacked_gra
     assert np.abs(c1[:3]).max() < 0.05 * np.abs(c1[3:]).min()
     _, stats = compiled.aggregate(G)
     assert stats.control_plane_s > 0 and stats.worker_sketch_s > 0
+
+
+@pytest.mark.parametrize("via,params", [("switch", {}),
+                                        ("offload", {"k_prime": 256, "W": 16, "b": 8})])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_rows_meet_the_policy_before_quantisation(via, params, bad):
+    """Issue 12: a NaN became ≈ −6.8e38 on the switch path and passed every offload
+    check. The PS's policy now applies before the rows are quantised: zeroed and
+    counted, or an error."""
+    from host.ps import ParameterServer
+    from innet import aggregators
+    from innet.aggregators import NonFiniteGradientError
+
+    scenario = config.from_dict({"workers": {"p": 7, "f": 1},
+                             "paths": [{"rule": "mean" if via == "switch" else "fa",
+                                        "via": via, "params": params}]})
+    path = scenario.paths[0]
+    G = torch.randn(7, 5000)
+    G[2, 17] = bad
+    for policy in ("zero", "error"):
+        ps = ParameterServer(torch.nn.Linear(2, 2), aggregators.get(path.rule, f=1), 0.1,
+                             nonfinite=policy)
+        agg = experiment._Aggregation(scenario, path, ps)
+        if policy == "error":
+            with pytest.raises(NonFiniteGradientError, match=r"\[2\]"):
+                agg.step(G)
+            continue
+        update, _, _ = agg.step(G)
+        assert torch.isfinite(update).all() and ps.nonfinite_rows == 1
+        clean = G.clone()
+        clean[2] = 0.0
+        expected, _, _ = experiment._Aggregation(scenario, path, ParameterServer(
+            torch.nn.Linear(2, 2), aggregators.get(path.rule, f=1), 0.1)).step(clean)
+        torch.testing.assert_close(update, expected)
