@@ -18,8 +18,8 @@ from p4_models import Program, Target, streaming_sum, tofino1
 from p4_models import switchml_sum as ss
 
 DROP_REASONS = ("malformed", "unknown_job", "worker_out_of_range", "wrong_ingress_port",
-                "slot_out_of_range", "duplicate")
-MALFORMED, UNKNOWN_JOB, WORKER_RANGE, WRONG_PORT, SLOT_RANGE, DUPLICATE = range(6)
+                "slot_out_of_range", "duplicate", "stale")
+MALFORMED, UNKNOWN_JOB, WORKER_RANGE, WRONG_PORT, SLOT_RANGE, DUPLICATE, STALE = range(7)
 MULTICAST, UNICAST = 1, 2
 F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
@@ -55,11 +55,21 @@ def _saturating_add(regs, idx, source, r, k):
     return 1
 
 
+@numba.njit(cache=True)
+def use_key(step, packet_id):
+    """The use of a slot a packet belongs to: its step and packet_id header fields
+    (u32 each) as one 64-bit key, for int64 scalars or arrays. Successive uses of one
+    shadow set of a slot have increasing keys: chunks go out in order within a step,
+    and steps follow each other."""
+    return ((step & 0xFFFFFFFF) << 32) | (packet_id & 0xFFFFFFFF)
+
+
 @numba.njit(cache=True, inline="always")
 def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
-                  job, w, v, s, flags, exponent, count, ingress, source, r,
-                  bitmap, counter, exp_reg, ovf_reg, regs, drops, lane):
-    """One packet through the streaming-sum program; its k values are source[r].
+                  job, w, v, s, flags, exponent, count, use, ingress, source, r,
+                  bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, lane):
+    """One packet through the streaming-sum program; its k values are source[r] and
+    ``use`` its :func:`use_key`.
     Returns (kind, register index): kind 0 = nothing sent, MULTICAST = the completed
     slot goes to every worker, UNICAST = the kept result goes back to worker w,
     -1 = dropped (counted in drops[lane] by reason). Shared by the batch pipeline below and
@@ -81,14 +91,26 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
         drops[lane, SLOT_RANGE] += 1
         return -1, 0
     idx = v * pool_size + s
+    # UseCheck: a packet of an earlier use of this slot set (a late or replayed copy)
+    # is dropped; one of a later use starts that use afresh (the slot's set is then
+    # either finished or holds a use started by such a stale packet)
+    current = use_reg[idx]
+    if use < current:
+        drops[lane, STALE] += 1
+        return -1, 0
+    newer = use > current
+    if newer:
+        use_reg[idx] = use
     # UpdateAndCheckWorkerBitmap: one 64-bit entry, set v in bits [32v, 32v+32)
     mine = np.uint64(1) << np.uint64(32 * v + w)
     theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
     entry = bitmap[s]
+    if newer:  # the bits of set v belong to the use before: forget them
+        entry &= ~(np.uint64(0xFFFFFFFF) << np.uint64(32 * v))
     seen = 1 if (entry & mine) != 0 else 0
     bitmap[s] = (entry | mine) & ~theirs
     # WorkersCounter
-    c = counter[idx]
+    c = 0 if newer else counter[idx]
     in_progress = 1 if (c > 0 and c < p) else 0
     last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
     action = table[seen, in_progress, last]
@@ -116,8 +138,8 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
 
 @numba.njit(cache=True, parallel=True)
 def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
-              job, worker, shadow, slot, flags, exponent, count, ingress, source, rows,
-              bitmap, counter, exp_reg, ovf_reg, regs,
+              job, worker, shadow, slot, flags, exponent, count, use, ingress, source, rows,
+              bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
               kind_of, row_of, out_exp, out_ovf, out_values, n_out, drops):
     """One pass of the program over a batch; packet i's k values are source[rows[i]]
     (read in place, never gathered). Slots are independent state, so ``n_lanes``
@@ -141,8 +163,9 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     continue
             kind, idx = switch_packet(job_id, p, pool_size, k, port_of_worker, table,
                                       job[i], worker[i], shadow[i], s, flags[i], exponent[i],
-                                      count[i], ingress[i], source, rows[i],
-                                      bitmap, counter, exp_reg, ovf_reg, regs, drops, q)
+                                      count[i], use[i], ingress[i], source, rows[i],
+                                      bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
+                                      drops, q)
             kind_of[i] = kind if kind > 0 else 0
             if kind > 0:  # the result packet carries the register contents of this moment
                 row_of[i] = o
@@ -185,9 +208,11 @@ def _collect(kind_of, row_of, worker, slot, shadow, out_exp, out_ovf, out_values
 
 def allocate_registers(pool_size: int, k: int) -> tuple:
     """Zeroed registers of the streaming sum for ``pool_size`` slots per shadow set:
-    (bitmap, counter, exponent, overflow, values); set v of slot s is row v·pool + s."""
+    (bitmap, use, counter, exponent, overflow, values); set v of slot s is row
+    v·pool + s."""
     slots = 2 * pool_size
-    return (np.zeros(pool_size, dtype=np.uint64), np.zeros(slots, dtype=np.int32),
+    return (np.zeros(pool_size, dtype=np.uint64), np.zeros(slots, dtype=np.int64),
+            np.zeros(slots, dtype=np.int32),
             np.zeros(slots, dtype=np.int32), np.zeros(slots, dtype=np.uint8),
             np.zeros((slots, k), dtype=np.int32))
 
@@ -243,8 +268,10 @@ class SumSwitch:
         slots = 2 * pool_size
         if registers is None:  # a switch of its own; the control plane passes views
             registers = allocate_registers(pool_size, k)
-        self.bitmap, self.counter, self.exponent, self.overflow, self.values = registers
-        if self.values.shape != (slots, k) or len(self.bitmap) != pool_size:
+        (self.bitmap, self.use, self.counter, self.exponent, self.overflow,
+         self.values) = registers
+        if (self.values.shape != (slots, k) or len(self.bitmap) != pool_size
+                or len(self.use) != slots):
             raise ValueError("registers do not match pool_size and k")
         self.drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
         self.packets_in = 0
@@ -275,6 +302,7 @@ class SumSwitch:
         """Run the pipeline on decoded packets (native arrays, see innet.protocol.decode).
         With ``rows``, packet i's payload is ``values[rows[i]]`` (read in place)."""
         N = len(ingress)
+        h_in = h
         fields = ("job", "worker", "shadow", "slot", "flags", "exponent", "count")
         lengths = {name: len(h[name]) for name in fields}
         n_payloads = N if rows is None else len(rows)
@@ -294,15 +322,17 @@ class SumSwitch:
             if N and (rows.min() < 0 or rows.max() >= len(values)):
                 raise ValueError("rows index outside the payload array")
         h = self._native_fields(h, fields)
+        use = self._use_keys(h_in, N)
         lanes = min(self.lanes, default_lanes())
         kind_of, row_of, exp, ovf, out_values = self._output_buffers(N, lanes * N)
         drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
         n_out = np.zeros(lanes, np.int64)
         _pipeline(self.job, self.p, self.pool_size, self.k, self.port_of_worker, self.table,
                   lanes, h["job"], h["worker"], h["shadow"], h["slot"], h["flags"],
-                  h["exponent"], h["count"], np.ascontiguousarray(ingress, dtype=np.int32),
+                  h["exponent"], h["count"], use, np.ascontiguousarray(ingress, dtype=np.int32),
                   np.ascontiguousarray(values, dtype=np.int32), rows,
-                  self.bitmap, self.counter, self.exponent, self.overflow, self.values,
+                  self.bitmap, self.use, self.counter, self.exponent, self.overflow,
+                  self.values,
                   kind_of, row_of, exp, ovf, out_values, n_out, drops)
         self.drops += drops.sum(axis=0)
         return Results(*_collect(kind_of, row_of, h["worker"], h["slot"], h["shadow"],
@@ -338,6 +368,17 @@ class SumSwitch:
                          np.zeros(rows, np.uint8), np.zeros((rows, self.k), np.int32))
         kind_of, row_of, exp, ovf, values = self._out
         return kind_of[:N], row_of[:N], exp[:rows], ovf[:rows], values[:rows]
+
+    @staticmethod
+    def _use_keys(h: dict[str, np.ndarray], N: int) -> np.ndarray:
+        """Each packet's use key from its step and packet_id fields (u32 on the wire;
+        a batch without them is one use, key 0)."""
+        step = np.ascontiguousarray(h.get("step", np.zeros(N)), dtype=np.int64)
+        pid = np.ascontiguousarray(h.get("packet_id", np.zeros(N)), dtype=np.int64)
+        if len(step) != N or len(pid) != N:
+            raise ValueError(f"batch arrays disagree in length: step {len(step)}, "
+                             f"packet_id {len(pid)}, ingress {N}")
+        return use_key(step, pid)
 
     @staticmethod
     def _native_fields(h: dict[str, np.ndarray], fields: tuple[str, ...]) -> dict:

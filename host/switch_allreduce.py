@@ -65,7 +65,14 @@ from emulator.network import (
     store_states,
     transmit_into,
 )
-from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch, default_lanes, switch_packet
+from emulator.switch import (
+    DROP_REASONS,
+    MULTICAST,
+    SumSwitch,
+    default_lanes,
+    switch_packet,
+    use_key,
+)
 from innet.protocol import decode, encode, flag, packet_dtype
 from innet.quant import chunk_exponents, quantize_chunks, scale_of
 from innet.quant.block_float import quantize_value
@@ -127,7 +134,7 @@ def _quantize_packet(X, w, base, fc, dst):
 
 @numba.njit(cache=True, parallel=True)
 def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
-                   bitmap, counter, exp_reg, ovf_reg, regs, drops,
+                   bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
                    mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
                    max_retries, up_params, up_state, down_params, down_state,
                    result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
@@ -195,18 +202,21 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     c = per_link[w, t]
                     if ((c >> 6) & (n_lanes - 1)) != q:
                         continue
+                    use = use_key(step, first_chunk + c)  # the packet's step and packet_id
                     if mode == PAYLOAD_Q:  # read in place: Q is (p·m, k)
                         kind, idx = switch_packet(
                             job_id, p, pool_size, k, port_of_worker, table,
-                            job_id, w, shadow[c], c, flags, e_next[w, c], k, port_of_worker[w],
-                            Q, w * m + c, bitmap, counter, exp_reg, ovf_reg, regs, drops, q)
+                            job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
+                            port_of_worker[w], Q, w * m + c, bitmap, use_reg, counter,
+                            exp_reg, ovf_reg, regs, drops, q)
                     else:
                         if mode == PAYLOAD_X:  # the packet's k values, quantised now
                             _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
                         kind, idx = switch_packet(
                             job_id, p, pool_size, k, port_of_worker, table,
-                            job_id, w, shadow[c], c, flags, e_next[w, c], k, port_of_worker[w],
-                            scratch, q, bitmap, counter, exp_reg, ovf_reg, regs, drops, q)
+                            job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
+                            port_of_worker[w], scratch, q, bitmap, use_reg, counter,
+                            exp_reg, ovf_reg, regs, drops, q)
                     out_kind[w, t] = kind
                     out_idx[w, t] = idx
         n_rec = 0
@@ -399,7 +409,7 @@ class SwitchAllreduce:
         live = np.array([w not in self.silent for w in range(p)])
         base_flags = F_PHASE if preamble else 0
         if self.wire:
-            self._wire_window(mode, Q, e_next, m, shadow, base_flags, live,
+            self._wire_window(mode, Q, e_next, m, first_chunk, shadow, base_flags, live,
                               result, exp, ovf, have, want, stats)
         else:
             up_params, up_state = link_arrays(self.up)
@@ -415,9 +425,9 @@ class SwitchAllreduce:
             res = np.zeros((1, k), np.int32) if result is None else result
             rounds = _window_kernel(
                 self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table, lanes,
-                sw.bitmap, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
-                mode, Qa, X, first_chunk, f, np.ascontiguousarray(e_next, dtype=np.int32), m,
-                shadow, base_flags, live,
+                sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
+                self.step, mode, Qa, X, first_chunk, f,
+                np.ascontiguousarray(e_next, dtype=np.int32), m, shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
                 res, out, exp, ovf, have, want, counts, log, self._workspace(m))
             store_states(self.up, up_state)
@@ -439,7 +449,7 @@ class SwitchAllreduce:
             self._work = window_workspace(self.p, m)
         return self._work
 
-    def _wire_window(self, mode, Q, e_next, m, shadow, base_flags, live,
+    def _wire_window(self, mode, Q, e_next, m, first_chunk, shadow, base_flags, live,
                      result, exp, ovf, have, want, stats):
         """The same rounds with every packet in the wire format (slow path)."""
         p, k, sw = self.p, self.k, self.switch
@@ -461,7 +471,8 @@ class SwitchAllreduce:
                       else Q[w_idx, c_idx])
             flags = base_flags | (F_RETRANSMIT if attempt else 0)
             packets = encode({"job": np.full(len(w_idx), self.job), "worker": w_idx,
-                              "step": np.full(len(w_idx), self.step), "packet_id": c_idx,
+                              "step": np.full(len(w_idx), self.step),
+                              "packet_id": first_chunk + c_idx,
                               "shadow": shadow[c_idx], "slot": c_idx,
                               "flags": np.full(len(w_idx), flags),
                               "exponent": e_next[w_idx, c_idx]}, values)
@@ -548,12 +559,14 @@ class SwitchAllreduce:
             e_next = chunk_exponents(X, k, hi, P)
             if self.tamper is not None:  # Byzantine integers: materialise what is sent
                 Q = self.tamper(quantize_chunks(X, lo, f, k), b)
-                result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)
+                result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats,
+                                                         first_chunk=lo)
             elif self.wire:  # the wire engine encodes a send buffer, reused window after window
                 if self._send is None or self._send.shape != (p, P, k):
                     self._send = np.empty((p, P, k), np.int32)
                 Q = quantize_chunks(X, lo, f, k, out=self._send)
-                result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats)
+                result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats,
+                                                         first_chunk=lo)
             else:  # compiled engine: quantised as sent, dequantised into out as received
                 result, next_e, ovf, done = self._window(PAYLOAD_X, None, e_next, P, stats,
                                                          X=X, first_chunk=lo, f=f, out=out)
@@ -587,7 +600,9 @@ class SwitchAllreduce:
                       stats: AllreduceStats | None = None):
         """Integer-sum one window: Q (p, m, k) int32 for slots 0..m−1 (m ≤ pool_size)
         and the exponents each worker proposes for the next window (p, m). Returns
-        (sums (m, k) int32, agreed next exponents, overflow flags, done flags)."""
+        (sums (m, k) int32, agreed next exponents, overflow flags, done flags). Each
+        call is a step of its own (its packets carry the next step number), so the
+        switch never takes one for a late copy of an earlier call's."""
         stats = stats if stats is not None else AllreduceStats()
         if (Q.ndim != 3 or Q.shape[0] != self.p or Q.shape[2] != self.k
                 or not 1 <= Q.shape[1] <= self.pool_size or e_next.shape != Q.shape[:2]):
@@ -596,4 +611,6 @@ class SwitchAllreduce:
                 f"e_next (p, m); got {Q.shape} and {e_next.shape}")
         if self.tamper is not None:
             Q = self.tamper(Q.copy(), window)
-        return self._window(PAYLOAD_Q, Q, e_next, Q.shape[1], stats)
+        result = self._window(PAYLOAD_Q, Q, e_next, Q.shape[1], stats)
+        self.step += 1
+        return result

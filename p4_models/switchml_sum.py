@@ -2,6 +2,12 @@
 
 Controls, in pipeline order, each owning its registers:
 
+* ``UseCheck`` — per slot and shadow set, the 64-bit key (step, packet_id) of the use
+  in progress. A packet with an older key (a late copy or a replay of an earlier use)
+  is dropped, counted as stale; one with a newer key starts that use afresh: its set's
+  bitmap and counter are taken as empty. (A later use of a set is only ever sent after
+  the earlier use completed, so a newer key never cuts a real use short: it ends one
+  that a stale packet started.)
 * ``UpdateAndCheckWorkerBitmap`` — one 64-bit entry per pool index holding the 32-bit
   worker bitmaps of both shadow sets: set my bit in this set, clear it in the other,
   report whether it was already set (a retransmission).
@@ -57,6 +63,8 @@ def streaming_sum(k: int = 64, pool_size: int = 512) -> Program:
         raise ValueError(f"pool_size must be >= 1, got {pool_size}")
     slots = 2 * pool_size
     stages = (
+        Stage("UseCheck", (Register("use", 64, slots),),
+              (RegisterAction("compare_and_advance", "use", ("compare", "write", "read")),)),
         Stage("UpdateAndCheckWorkerBitmap", (Register("bitmap", 64, pool_size),),
               (RegisterAction("set_mine_clear_other", "bitmap", ("or", "andnot", "read")),)),
         Stage("WorkersCounter", (Register("counter", 32, slots),),
