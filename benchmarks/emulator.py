@@ -78,15 +78,19 @@ def main() -> None:
 
     def headers(b):
         return {"job": zeros, "worker": worker, "shadow": zeros + b % 2, "slot": slot,
-                "flags": zeros, "exponent": zeros, "count": zeros + k}
+                "flags": zeros, "exponent": zeros, "count": zeros + k,
+                "step": np.zeros(P * p, np.int64), "packet_id": slot + b * P}
 
     hdrs = [headers(b) for b in range(windows)]
     sw = SumSwitch(p, k, P)
     SumSwitch(p, k, P).process_native(hdrs[0], Qw[0], worker)  # compile / warm
+    vector = [0]  # each call sums one more vector: its packets carry the next step
 
     def switch_only():
         out = None
+        vector[0] += 1
         for b in range(windows):
+            hdrs[b]["step"].fill(vector[0])
             out = sw.process_native(hdrs[b], Qw[b], worker)
         return out
 

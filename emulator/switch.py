@@ -55,13 +55,13 @@ def _saturating_add(regs, idx, source, r, k):
     return 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def use_key(step, packet_id):
     """The use of a slot a packet belongs to: its step and packet_id header fields
-    (u32 each) as one 64-bit key, for int64 scalars or arrays. Successive uses of one
+    (u32 each) as one 64-bit key. Successive uses of one
     shadow set of a slot have increasing keys: chunks go out in order within a step,
     and steps follow each other."""
-    return ((step & 0xFFFFFFFF) << 32) | (packet_id & 0xFFFFFFFF)
+    return ((np.int64(step) & 0xFFFFFFFF) << 32) | (np.int64(packet_id) & 0xFFFFFFFF)
 
 
 @numba.njit(cache=True, inline="always")
@@ -108,7 +108,14 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
     if newer:  # the bits of set v belong to the use before: forget them
         entry &= ~(np.uint64(0xFFFFFFFF) << np.uint64(32 * v))
     seen = 1 if (entry & mine) != 0 else 0
-    bitmap[s] = (entry | mine) & ~theirs
+    entry |= mine
+    # SwitchML clears my bit in the other set: that set's use is over for me. Only a
+    # packet of a later use than the other set's may say so; the same packet sent to
+    # the other set (a worker toggling its shadow bit) must not, or its next copy to
+    # this set would count again
+    if use > use_reg[(1 - v) * pool_size + s]:
+        entry &= ~theirs
+    bitmap[s] = entry
     # WorkersCounter
     c = 0 if newer else counter[idx]
     in_progress = 1 if (c > 0 and c < p) else 0
@@ -138,7 +145,8 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
 
 @numba.njit(cache=True, parallel=True)
 def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
-              job, worker, shadow, slot, flags, exponent, count, use, ingress, source, rows,
+              job, worker, shadow, slot, flags, exponent, count, step, packet_id, ingress,
+              source, rows,
               bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
               kind_of, row_of, out_exp, out_ovf, out_values, n_out, drops):
     """One pass of the program over a batch; packet i's k values are source[rows[i]]
@@ -163,7 +171,8 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     continue
             kind, idx = switch_packet(job_id, p, pool_size, k, port_of_worker, table,
                                       job[i], worker[i], shadow[i], s, flags[i], exponent[i],
-                                      count[i], use[i], ingress[i], source, rows[i],
+                                      count[i], use_key(step[i], packet_id[i]), ingress[i],
+                                      source, rows[i],
                                       bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
                                       drops, q)
             kind_of[i] = kind if kind > 0 else 0
@@ -322,14 +331,15 @@ class SumSwitch:
             if N and (rows.min() < 0 or rows.max() >= len(values)):
                 raise ValueError("rows index outside the payload array")
         h = self._native_fields(h, fields)
-        use = self._use_keys(h_in, N)
+        step, packet_id = self._use_fields(h_in, N)
         lanes = min(self.lanes, default_lanes())
         kind_of, row_of, exp, ovf, out_values = self._output_buffers(N, lanes * N)
         drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
         n_out = np.zeros(lanes, np.int64)
         _pipeline(self.job, self.p, self.pool_size, self.k, self.port_of_worker, self.table,
                   lanes, h["job"], h["worker"], h["shadow"], h["slot"], h["flags"],
-                  h["exponent"], h["count"], use, np.ascontiguousarray(ingress, dtype=np.int32),
+                  h["exponent"], h["count"], step, packet_id,
+                  np.ascontiguousarray(ingress, dtype=np.int32),
                   np.ascontiguousarray(values, dtype=np.int32), rows,
                   self.bitmap, self.use, self.counter, self.exponent, self.overflow,
                   self.values,
@@ -370,15 +380,18 @@ class SumSwitch:
         return kind_of[:N], row_of[:N], exp[:rows], ovf[:rows], values[:rows]
 
     @staticmethod
-    def _use_keys(h: dict[str, np.ndarray], N: int) -> np.ndarray:
-        """Each packet's use key from its step and packet_id fields (u32 on the wire;
-        a batch without them is one use, key 0)."""
-        step = np.ascontiguousarray(h.get("step", np.zeros(N)), dtype=np.int64)
-        pid = np.ascontiguousarray(h.get("packet_id", np.zeros(N)), dtype=np.int64)
-        if len(step) != N or len(pid) != N:
-            raise ValueError(f"batch arrays disagree in length: step {len(step)}, "
-                             f"packet_id {len(pid)}, ingress {N}")
-        return use_key(step, pid)
+    def _use_fields(h: dict[str, np.ndarray], N: int) -> tuple[np.ndarray, np.ndarray]:
+        """The step and packet_id fields (u32 on the wire) that key a packet's use
+        (:func:`use_key`, formed in the kernel); a batch without them is one use."""
+        zeros = np.zeros(N, np.int64)
+        fields = []
+        for name in ("step", "packet_id"):
+            a = np.ascontiguousarray(h.get(name, zeros))
+            if len(a) != N or not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"batch field {name}: expected {N} integers, got "
+                                 f"{a.dtype} × {len(a)}")
+            fields.append(a)
+        return fields[0], fields[1]
 
     @staticmethod
     def _native_fields(h: dict[str, np.ndarray], fields: tuple[str, ...]) -> dict:

@@ -9,8 +9,10 @@ Controls, in pipeline order, each owning its registers:
   the earlier use completed, so a newer key never cuts a real use short: it ends one
   that a stale packet started.)
 * ``UpdateAndCheckWorkerBitmap`` — one 64-bit entry per pool index holding the 32-bit
-  worker bitmaps of both shadow sets: set my bit in this set, clear it in the other,
-  report whether it was already set (a retransmission).
+  worker bitmaps of both shadow sets: set my bit in this set, report whether it was
+  already set (a retransmission), and clear it in the other set when this packet's
+  use is later than the other set's (the same packet sent to the other set — a worker
+  toggling its shadow bit — must not clear it, or its next copy would count twice).
 * ``WorkersCounter`` — contributions received for the slot (0 … p).
 * ``Exponents`` — max of the block exponents the workers propose for the next block.
 * ``OverflowFlag`` — sticky "a saturating add clipped" bit per slot.

@@ -431,3 +431,45 @@ def test_control_plane_shares_register_memory_between_jobs():
     assert lease_d.slots == 32 and lease_d.base == 0 and not d.values.any()  # zeroed
     with pytest.raises(ValueError, match="holds no pool"):
         cp.release(1)
+
+
+# -- stale, replayed and toggled packets (issue 12) ------------------------------------------
+def _packet(worker, step, value, shadow=0, slot=0, k=2):
+    h = header(1, worker=[worker], step=[step], packet_id=[0], shadow=[shadow], slot=[slot])
+    return encode(h, np.full((1, k), value, np.int32))
+
+
+def _run(sw, packets, ingress):
+    return sw.process(np.concatenate(packets).astype(packet_dtype(2)), np.array(ingress))
+
+
+@pytest.mark.parametrize("replay_first", [True, False])
+def test_replay_of_an_earlier_use_is_dropped_and_the_sum_exact(replay_first):
+    """Issue 12's reproducer: worker 0's step-0 packet replayed during step 2 (same
+    slot, same shadow set) entered the sum: [201, 201] instead of [300, 300]."""
+    sw = SumSwitch(p=3, k=2, pool_size=1)
+    r0 = _run(sw, [_packet(0, 0, 1), _packet(1, 0, 100), _packet(2, 0, 100)], [0, 1, 2])
+    assert r0.values[-1].tolist() == [201, 201]
+    _run(sw, [_packet(w, 1, 100, shadow=1) for w in range(3)], [0, 1, 2])
+    replay = _packet(0, 0, 1)
+    step2 = [_packet(w, 2, 100) for w in range(3)]
+    order = [replay, *step2] if replay_first else [step2[0], replay, *step2[1:]]
+    res = _run(sw, order, [0, 0, 1, 2])
+    assert [v.tolist() for v, kind in zip(res.values, res.kind) if kind == MULTICAST] \
+        == [[300, 300]]
+    if not replay_first:  # arrived while step 2 filled the slot: dropped, counted
+        assert sw.drop_counts()["stale"] == 1
+
+
+def test_a_worker_toggling_its_shadow_bit_is_not_counted_twice():
+    """Issue 12: worker 0 sends to set 0, the same packet to set 1, then to set 0 again;
+    the last copy is a duplicate of its first, not a second contribution."""
+    sw = SumSwitch(p=3, k=2, pool_size=1)
+    _run(sw, [_packet(w, 0, 1) for w in range(3)], [0, 1, 2])
+    _run(sw, [_packet(w, 1, 1, shadow=1) for w in range(3)], [0, 1, 2])
+    res = _run(sw, [_packet(0, 2, 1), _packet(0, 2, 1, shadow=1), _packet(0, 2, 1),
+                    _packet(1, 2, 10), _packet(2, 2, 100)], [0, 0, 0, 1, 2])
+    done = [v.tolist() for v, kind, s in zip(res.values, res.kind, res.shadow)
+            if kind == MULTICAST and s == 0]
+    assert done == [[111, 111]]  # each worker once
+    assert sw.drop_counts()["duplicate"] >= 1
