@@ -36,7 +36,7 @@ class ControlPlane:
         # job pools are contiguous: slot s of the switch owns rows 2s (set 0), 2s+1 (set 1)
         # through each job's view, laid out as [its set-0 slots | its set-1 slots]
         self.bitmap = np.zeros(n, np.uint64)
-        self.use = np.zeros(2 * n, np.int64)
+        self.use = np.zeros((n, 2), np.int64)
         self.counter = np.zeros(2 * n, np.int32)
         self.exponent = np.zeros(2 * n, np.int32)
         self.overflow = np.zeros(2 * n, np.uint8)
@@ -72,10 +72,11 @@ class ControlPlane:
             return lease, None
         self.leases[job] = lease
         rows = slice(2 * base, 2 * (base + length))
-        for reg in (self.use, self.counter, self.exponent, self.overflow, self.values):
+        for reg in (self.counter, self.exponent, self.overflow, self.values):
             reg[rows] = 0
         self.bitmap[base:base + length] = 0
-        views = (self.bitmap[base:base + length], self.use[rows], self.counter[rows],
+        self.use[base:base + length] = 0
+        views = (self.bitmap[base:base + length], self.use[base:base + length], self.counter[rows],
                  self.exponent[rows], self.overflow[rows], self.values[rows])
         return lease, SumSwitch(p, self.k, length, job, target=self.target, registers=views)
 

@@ -94,13 +94,13 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
     # UseCheck: a packet of an earlier use of this slot set (a late or replayed copy)
     # is dropped; one of a later use starts that use afresh (the slot's set is then
     # either finished or holds a use started by such a stale packet)
-    current = use_reg[idx]
+    current = use_reg[s, v]  # both sets' keys of a slot side by side: one cache line
     if use < current:
         drops[lane, STALE] += 1
         return -1, 0
     newer = use > current
     if newer:
-        use_reg[idx] = use
+        use_reg[s, v] = use
     # UpdateAndCheckWorkerBitmap: one 64-bit entry, set v in bits [32v, 32v+32)
     mine = np.uint64(1) << np.uint64(32 * v + w)
     theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
@@ -113,7 +113,7 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
     # packet of a later use than the other set's may say so; the same packet sent to
     # the other set (a worker toggling its shadow bit) must not, or its next copy to
     # this set would count again
-    if use > use_reg[(1 - v) * pool_size + s]:
+    if use > use_reg[s, 1 - v]:
         entry &= ~theirs
     bitmap[s] = entry
     # WorkersCounter
@@ -218,9 +218,9 @@ def _collect(kind_of, row_of, worker, slot, shadow, out_exp, out_ovf, out_values
 def allocate_registers(pool_size: int, k: int) -> tuple:
     """Zeroed registers of the streaming sum for ``pool_size`` slots per shadow set:
     (bitmap, use, counter, exponent, overflow, values); set v of slot s is row
-    v·pool + s."""
+    v·pool + s, except in the bitmap (one entry per slot) and the use keys (pool, 2)."""
     slots = 2 * pool_size
-    return (np.zeros(pool_size, dtype=np.uint64), np.zeros(slots, dtype=np.int64),
+    return (np.zeros(pool_size, dtype=np.uint64), np.zeros((pool_size, 2), dtype=np.int64),
             np.zeros(slots, dtype=np.int32),
             np.zeros(slots, dtype=np.int32), np.zeros(slots, dtype=np.uint8),
             np.zeros((slots, k), dtype=np.int32))
@@ -280,7 +280,7 @@ class SumSwitch:
         (self.bitmap, self.use, self.counter, self.exponent, self.overflow,
          self.values) = registers
         if (self.values.shape != (slots, k) or len(self.bitmap) != pool_size
-                or len(self.use) != slots):
+                or self.use.shape != (pool_size, 2)):
             raise ValueError("registers do not match pool_size and k")
         self.drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
         self.packets_in = 0
