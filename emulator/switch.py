@@ -118,6 +118,8 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
     bitmap[s] = entry
     # WorkersCounter
     c = 0 if newer else counter[idx]
+    if c >= p:  # the use is complete: a packet of it is a copy (whose bit a later use in
+        seen = 1  # the other set may have cleared), answered with the kept result
     in_progress = 1 if (c > 0 and c < p) else 0
     last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
     action = table[seen, in_progress, last]

@@ -13,7 +13,10 @@ Controls, in pipeline order, each owning its registers:
   already set (a retransmission), and clear it in the other set when this packet's
   use is later than the other set's (the same packet sent to the other set — a worker
   toggling its shadow bit — must not clear it, or its next copy would count twice).
-* ``WorkersCounter`` — contributions received for the slot (0 … p).
+* ``WorkersCounter`` — contributions received for the slot (0 … p). A packet of a use
+  that is already complete counts as seen whatever its bit says (a later use in the
+  other set may have cleared it): it is a copy, answered with the kept result, and can
+  never reopen the use with a second contribution from the same worker.
 * ``Exponents`` — max of the block exponents the workers propose for the next block.
 * ``OverflowFlag`` — sticky "a saturating add clipped" bit per slot.
 * ``Processor`` — k int32 lanes per slot, saturating add (first contribution writes).
