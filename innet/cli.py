@@ -219,6 +219,8 @@ BENCHMARKS = {
     "aggregators": "every rule vs a numpy sum and vs ByzFL (benchmarks/aggregators.py)",
     "fa_outputs": "FA output modes: accuracy of each (benchmarks/fa_outputs.py)",
     "emulator": "switch emulator vs numpy: ratios, Mpps (benchmarks/emulator.py)",
+    "exactness": "randomised loss/outage/replay campaign: silent wrong sums "
+                 "(benchmarks/exactness.py)",
     "quant": "quantized eigensolvers: time and subspace angles per W (benchmarks/quant.py)",
     "step": "a training step's parts: worker gradients vs each rule (benchmarks/step.py)",
     "fa_offload_study": "offloaded vs full FA aggregate grid and figure "
