@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from host.switch_allreduce import AllreduceStats, SwitchAllreduce
+from innet.aggregators.base import VALUE_BYTES, Cost
 from innet.aggregators.flag import FlagAggregator, default_m
 from innet.quant.control_plane import OUTPUT_CODES, fa_irls
 from innet.quant.fixed_eigen import torch_eigh
@@ -135,6 +136,17 @@ class OffloadedFA:
         self.step = 0
         #: optional f(V, honest c, sketch) -> V: what Byzantine workers send in phase 2
         self.phase2_attack = None
+
+    def worker_cost(self, n: int) -> Cost:
+        """Modelled cost of one worker's phase-1 work on its n values: the norm pass,
+        the count-sketch pass (scale, sign, bucket add) and the b-bit quantisation."""
+        return Cost(2.0 * n * VALUE_BYTES + 4.0 * self.k_prime, 5.0 * n + 2.0 * self.k_prime, 3)
+
+    def control_plane_cost(self, p: int) -> Cost:
+        """Modelled cost of the control plane's part: the integer Gram of the p
+        sketches (2·p²·k′ operations) and FA's IRLS on it at its iteration cap."""
+        return (Cost(p * self.k_prime * 4.0, 2.0 * p * p * self.k_prime, 1)
+                + self.fa.solve_cost(p))
 
     def sketch_of(self, n: int) -> CountSketch:
         if self._sketch is None or self._sketch.n != n:

@@ -59,3 +59,49 @@ class UnreliableUplink:
             stats.lost += int(lost.size)
             stats.values_lost += int(cols.numel())
         return out, stats
+
+
+class ReliableTransport:
+    """The PS path's transport over lossy links when recovery is on: TCP-like, every
+    lost packet is sent again after the retransmission timeout until it arrives.
+    The gradients arrive intact (the PS computes on G as sent); what this adds is
+    the cost: ``step(n)`` draws, per round, which of each worker's outstanding packets
+    its up link loses, then the same for the update going back down, and returns the
+    packets resent in each retransmission round (the time model charges each round
+    a timeout, the serialisation of what it resends and a round trip).
+
+    Links are seeded apart from the switch path's, and a failed port (``down_between``)
+    counts in rounds of this transport. ``max_rounds`` bounds a step; a link still
+    losing everything after that many rounds raises rather than hang a run."""
+
+    def __init__(self, up: list[LinkModel], down: list[LinkModel], k: int, seed: int = 0,
+                 max_rounds: int = 100_000):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k, self.max_rounds = k, max_rounds
+        self.up = [Link(m, seed * 1_000_003 + 9_000 + i) for i, m in enumerate(up)]
+        self.down = [Link(m, seed * 1_000_003 + 11_000 + i) for i, m in enumerate(down)]
+        self.lossless = all(m.lossless for m in (*up, *down))
+
+    def step(self, n: int) -> list[int]:
+        """Packets resent in each retransmission round of one step (empty: none lost)."""
+        if self.lossless:
+            return []
+        packets = -(-n // self.k)
+        return self._deliver(self.up, packets) + self._deliver(self.down, packets)
+
+    def _deliver(self, links: list[Link], packets: int) -> list[int]:
+        outstanding = np.full(len(links), packets, dtype=np.int64)
+        resent = []
+        for rounds in range(self.max_rounds + 1):
+            for i, link in enumerate(links):
+                if outstanding[i]:  # duplicates and reordering cost TCP nothing here
+                    arrived = np.unique(link.transmit(int(outstanding[i])))
+                    outstanding[i] -= arrived.size
+            if not outstanding.any():
+                return resent
+            if rounds == self.max_rounds:
+                break
+            resent.append(int(outstanding.sum()))
+        raise RuntimeError(f"reliable transport: packets still lost after {self.max_rounds} "
+                           "retransmission rounds (a link that never recovers?)")

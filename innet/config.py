@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.timing import PROFILES
 from host.data import DATASETS
 from host.models import MODELS
 from host.switch_allreduce import MAX_POOL, MAX_RETRIES
@@ -94,6 +95,11 @@ class Network:
     latency_us: float = 1.0  #: one way, host ↔ switch
     pass_ns: float = 400.0  #: one switch pipeline pass
     timeout_us: float = 1000.0  #: the workers' retransmission timer
+    #: device profile of the PS and the workers (emulator.timing.PROFILES): the
+    #: rules' modelled compute time
+    host_profile: str = "a100"
+    #: device profile of the switch's control plane (the FA offload's solve)
+    control_plane_profile: str = "switch_cpu"
 
 
 @dataclass
@@ -402,6 +408,8 @@ def validate(s: Scenario) -> None:
         raise ScenarioError(f"network.max_retries: at most {MAX_RETRIES}, got {n.max_retries}")
     for name in ("bandwidth_gbps", "latency_us", "pass_ns", "timeout_us"):
         _positive(f"network.{name}", getattr(n, name))
+    _choice("network.host_profile", n.host_profile, PROFILES)
+    _choice("network.control_plane_profile", n.control_plane_profile, PROFILES)
     if n.failed_port and (len(n.failed_port) != 3 or not 0 <= n.failed_port[0] < w.p
                           or not 0 <= n.failed_port[1] <= n.failed_port[2]):
         raise ScenarioError(

@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from emulator.network import LinkModel
-from emulator.timing import TimeModel
+from emulator.timing import PROFILES, TimeModel
 from host import data as datasets
 from host import models
 from host.ps import ParameterServer
 from host.switch_allreduce import SwitchAllreduce
-from host.transport import UnreliableUplink
+from host.transport import ReliableTransport, UnreliableUplink
 from host.worker import WorkerPool, evaluate
 from innet import aggregators, attacks
 from innet.config import AggregationPath, Scenario, split_offload_params, to_dict
@@ -135,7 +135,9 @@ def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllre
 def time_model(scenario: Scenario) -> TimeModel:
     n = scenario.network
     recirculations = streaming_sum(n.k, max(n.pool_size, 1)).report(tofino1).recirculations
-    return TimeModel(n.bandwidth_gbps, n.latency_us, n.pass_ns, n.timeout_us, recirculations)
+    return TimeModel(n.bandwidth_gbps, n.latency_us, n.pass_ns, n.timeout_us, recirculations,
+                     host=PROFILES[n.host_profile],
+                     control_plane=PROFILES[n.control_plane_profile])
 
 
 def warm_up(rule: aggregators.Aggregator, p: int, device: torch.device) -> None:
@@ -167,11 +169,15 @@ class _Aggregation:
         self.scenario, self.path, self.ps = scenario, path, ps
         self.clock = time_model(scenario)
         self.k = scenario.network.k
-        self.switch = self.offload = None
+        self.switch = self.offload = self.transport = None
         self.lease(list(range(scenario.workers.p)))
 
     def lease(self, live: list[int]) -> None:
         """The control plane leases the job for the live workers (again after a crash)."""
+        if self.path.via == "ps" and self.scenario.network.recovery:
+            up, down = link_models(self.scenario)
+            self.transport = ReliableTransport([up[w] for w in live], [down[w] for w in live],
+                                               self.k, self.scenario.seed)
         if self.path.via in ("switch", "offload"):
             self.switch = build_switch(self.scenario, live)
         if self.path.via == "offload":
@@ -199,11 +205,16 @@ class _Aggregation:
         return self._switch(G)
 
     def _ps(self, G):
-        before = self.ps.aggregate_seconds
         update = self.ps.aggregate(G)
         p, n = G.shape
-        modelled = self.clock.ps_step_s(p, n, self.ps.aggregate_seconds - before, self.k)
-        return update, modelled, {"bytes_on_wire": self.clock.ps_bytes(p, n, self.k)}
+        modelled = self.clock.ps_step_s(p, n, self.ps.rule.cost(p, n), self.k)
+        stats = {"bytes_on_wire": self.clock.ps_bytes(p, n, self.k)}
+        if self.transport is not None and not self.transport.lossless:
+            resent = self.transport.step(n)
+            modelled += self.clock.retransmission_s(resent, self.k)
+            stats["ps_retransmissions"] = sum(resent)
+            stats["bytes_on_wire"] += sum(resent) * self.clock.packet_bytes(self.k)
+        return update, modelled, stats
 
     def _switch(self, G):
         tick = time.perf_counter()
@@ -222,17 +233,19 @@ class _Aggregation:
         self.ps.aggregate_seconds += time.perf_counter() - tick
         step = {"fallback_steps": int(ost.fallback), "checks_failed": len(ost.checks_failed),
                 "clamped_values": ost.clamped_values}
+        p, n = G.shape
         modelled = (self.clock.serialise_s(ost.sketch_bytes_per_worker)
-                    + 2e-6 * self.clock.latency_us + ost.worker_sketch_s
-                    + ost.control_plane_s)
+                    + 2e-6 * self.clock.latency_us
+                    + self.clock.host.seconds(self.offload.worker_cost(n))
+                    + self.clock.control_plane.seconds(self.offload.control_plane_cost(p)))
         wire = G.shape[0] * ost.sketch_bytes_per_worker
         if ost.phase2 is not None:
             modelled += self.clock.switch_step_s(ost.phase2.round_log, self.k)
             step.update(ost.phase2.as_dict())
             wire += (ost.phase2.packets_up + ost.phase2.packets_down) * self.clock.packet_bytes(
                 self.k)
-        else:  # fell back: the PS gathers the full gradients
-            modelled += self.clock.ps_step_s(*G.shape, 0.0, self.k)
+        else:  # fell back: the PS gathers the full gradients and runs full FA
+            modelled += self.clock.ps_step_s(p, n, self.offload.full.cost(p, n), self.k)
             wire += self.clock.ps_bytes(*G.shape, self.k)
         step["bytes_on_wire"] = wire
         update = torch.from_numpy(total).to(G.device, torch.float32)
@@ -243,9 +256,9 @@ class _Aggregation:
         tick = time.perf_counter()
         update = self.offload.full(G.detach().to("cpu", torch.float64)).to(G.device,
                                                                            torch.float32)
-        compute = time.perf_counter() - tick
-        self.ps.aggregate_seconds += compute
-        return update, self.clock.ps_step_s(*G.shape, compute, self.k), {
+        self.ps.aggregate_seconds += time.perf_counter() - tick
+        p, n = G.shape
+        return update, self.clock.ps_step_s(p, n, self.offload.full.cost(p, n), self.k), {
             "fallback_steps": 1, "bytes_on_wire": self.clock.ps_bytes(*G.shape, self.k)}
 
 
@@ -256,6 +269,8 @@ def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
         extra["retransmissions"] = step["retransmissions"]
         extra["results_lost"] = step["results_lost"]
         extra["fallback_chunks"] = sum(step["fallback_chunks"].values())
+    if "ps_retransmissions" in step:
+        extra["ps_retransmissions"] = step["ps_retransmissions"]
     if path.via == "offload":
         extra["offload_fallback"] = step.get("fallback_steps", 0)
         extra["checks_failed"] = step.get("checks_failed", 0)

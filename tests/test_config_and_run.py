@@ -70,17 +70,25 @@ def test_cli_run_writes_outputs(tmp_path, capsys):
     assert "test acc" in capsys.readouterr().out
 
 
-def test_same_seed_same_metrics(tmp_path):
-    s = config.from_dict({"training": {"steps": 5}, "paths": [{"rule": "fa"}]})
+def test_same_seed_same_metrics_and_modelled_time(tmp_path):
+    """Two runs of one scenario: identical metrics, modelled time included (it comes
+    from the rules' cost model, never from the host's clock), on every kind of path
+    over lossy links, the PS paying for its retransmissions."""
+    s = config.from_dict({
+        "training": {"steps": 5}, "network": {"up_loss": 0.05, "down_loss": 0.02},
+        "paths": [{"rule": "fa"}, {"rule": "median"}, {"rule": "mean", "via": "switch"},
+                  {"rule": "fa", "via": "offload"}]})
     a = experiment.run(s, str(tmp_path / "a"), progress=False)
     b = experiment.run(s, str(tmp_path / "b"), progress=False)
     assert a["fa"]["final_test_loss"] == b["fa"]["final_test_loss"]
-    timed = ("elapsed_s", "modelled_s")  # wall clock; the PS model adds measured compute
-    strip = [{k: v for k, v in json.loads(x).items() if k not in timed}
+    strip = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
              for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    again = [{k: v for k, v in json.loads(x).items() if k not in timed}
+    again = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}
              for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert strip == again
+    assert all(r["modelled_s"] > 0 for r in strip)
+    assert sum(r.get("ps_retransmissions", 0) for r in strip if r["path"] == "fa") > 0
+    assert a["fa"]["network"]["ps_retransmissions"] > 0
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from emulator.network import Link, LinkModel
 from emulator.switch import DROP_REASONS, MULTICAST, UNICAST, SumSwitch
 from host.switch_allreduce import SwitchAllreduce
+from innet import aggregators
+from innet.aggregators.base import Cost
 from innet.protocol import encode, flag, packet_dtype
 from innet.quant import INT32_MAX, chunk_exponents, scale_of
 from p4_models import streaming_sum, tofino1, tofino2
@@ -381,10 +383,48 @@ def test_time_model_charges_serialisation_latency_and_timeouts():
     retry = tm.switch_step_s([(1000, 1000, 16000, 16000, 0), (3, 3, 10, 10, 1)], 64)
     assert retry - one == pytest.approx(8 * 3 * pkt / 100e9 + 2.5e-6 + 1e-3)
     # the PS serialises all p gradients on one link: p times the switch's per-link load
-    ps = tm.ps_step_s(16, 64 * 1000, 0.0, 64)
+    ps = tm.ps_step_s(16, 64 * 1000, Cost(), 64)
     assert ps == pytest.approx(2 * 16 * 8 * 1000 * pkt / 100e9 + 2e-6)
     with pytest.raises(ValueError, match="bandwidth_gbps"):
         TimeModel(bandwidth_gbps=0)
+    # a TCP-like resend round: the timeout, the resent packets on the PS link, an RTT
+    assert tm.retransmission_s([5, 1], 64) == pytest.approx(
+        2e-3 + 8 * 6 * pkt / 100e9 + 2 * 2e-6)
+
+
+def test_compute_profile_is_a_roofline_with_launch_costs():
+    from emulator.timing import PROFILES, ComputeProfile
+
+    prof = ComputeProfile("x", memory_gbps=100.0, gflops=1000.0, launch_us=2.0)
+    assert prof.seconds(Cost(bytes=1e9)) == pytest.approx(1e-2)  # memory-bound
+    assert prof.seconds(Cost(flops=1e11, launches=3)) == pytest.approx(0.1 + 6e-6)
+    # every rule's modelled cost grows with n and p and reads G at least once
+    for name in aggregators.NAMES:
+        rule = aggregators.get(name, f=1)
+        small, wide, tall = rule.cost(8, 1 << 12), rule.cost(8, 1 << 16), rule.cost(16, 1 << 12)
+        assert small.bytes >= 8 * (1 << 12) * 4, name
+        assert wide.bytes > small.bytes and tall.bytes > small.bytes, name
+        assert PROFILES["a100"].seconds(wide) > PROFILES["a100"].seconds(small), name
+    # the sorting rules pay their network's compare-exchanges
+    from innet.aggregators.sorting_network import batcher_pairs
+
+    assert aggregators.get("median").cost(16, 100).flops == 2 * len(batcher_pairs(16)) * 100 + 100
+
+
+def test_reliable_transport_resends_until_everything_arrives():
+    from host.transport import ReliableTransport
+
+    lossy = [LinkModel(loss=0.3)] * 4
+    resent = ReliableTransport(lossy, [LinkModel()] * 4, k=16, seed=1).step(16 * 100)
+    assert resent and all(a >= b for a, b in zip(resent, resent[1:]))
+    assert 0.2 * 400 < resent[0] < 0.4 * 400  # ~30 % of the 400 packets lost at first
+    assert ReliableTransport([LinkModel()] * 4, [LinkModel()] * 4, 16).step(1600) == []
+    again = ReliableTransport(lossy, [LinkModel()] * 4, k=16, seed=1).step(16 * 100)
+    assert again == resent  # seeded
+    dead = ReliableTransport([LinkModel(down_between=(0, 10**9))], [LinkModel()], 16,
+                             max_rounds=5)
+    with pytest.raises(RuntimeError, match="never recovers"):
+        dead.step(160)
 
 
 def test_allreduce_round_log_feeds_the_time_model():

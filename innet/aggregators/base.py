@@ -18,6 +18,8 @@ the same error from there, on the devices where that holds
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -43,6 +45,37 @@ def nonfinite_rows(G: torch.Tensor) -> list[int]:
         return []
     bad = ~torch.isfinite(G).all(dim=1)
     return torch.nonzero(bad).flatten().tolist()
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call of a rule on a (p, n) float32 stack costs, in units that do not
+    depend on the host running the emulation: bytes moved through memory, floating
+    point operations, and kernel launches (each a fixed overhead on a GPU). A device
+    profile (``emulator.timing.ComputeProfile``) turns it into seconds, so a run's
+    modelled time is a function of its settings alone."""
+
+    bytes: float = 0.0
+    flops: float = 0.0
+    launches: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.bytes + other.bytes, self.flops + other.flops,
+                    self.launches + other.launches)
+
+
+VALUE_BYTES = 4  # the workers' gradients are float32
+
+
+def passes(p: int, n: int, count: float = 1.0, flops_per_value: float = 1.0,
+           launches: int = 1) -> Cost:
+    """``count`` reads of the (p, n) stack with ``flops_per_value`` operations per value."""
+    return Cost(count * p * n * VALUE_BYTES, count * flops_per_value * p * n, launches)
+
+
+def gram_cost(p: int, n: int) -> Cost:
+    """The p×p Gram matrix of the stack: one blocked GEMM pass, 2·p²·n operations."""
+    return Cost(p * n * VALUE_BYTES, 2.0 * p * p * n, 1)
 
 
 class Aggregator:
@@ -90,6 +123,12 @@ class Aggregator:
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def cost(self, p: int, n: int) -> Cost:
+        """The modelled cost of one call on a (p, n) stack (see :class:`Cost`); the
+        default is one pass with one operation per value. Rules override it with the
+        passes, operations and launches of their implementation."""
+        return passes(p, n)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

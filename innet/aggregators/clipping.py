@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import torch
 
-from innet.aggregators.base import Aggregator, NonFiniteGradientError
+from innet.aggregators.base import Aggregator, Cost, NonFiniteGradientError, passes
 from innet.aggregators.sorting_network import BLOCK, EXPONENT
 
 
@@ -115,3 +115,7 @@ class CenteredClipping(Aggregator):
                 v = v + (scale.to(G.dtype)[:, None] * diff).mean(dim=0)
         self._v = v.detach().clone()
         return v
+
+    def cost(self, p: int, n: int) -> Cost:
+        # L + 1 fused passes (distances and the clipped update), 4 operations a value
+        return passes(p, n, self.iters + 1, 4.0, self.iters + 1)

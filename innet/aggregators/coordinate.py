@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from innet.aggregators import sorting_network as network
-from innet.aggregators.base import Aggregator
+from innet.aggregators.base import Aggregator, Cost
 
 
 def _on_cpu(G: torch.Tensor) -> bool:
@@ -90,6 +90,13 @@ def mean_around_trimmed_mean(G: torch.Tensor, b: int, k: int) -> torch.Tensor:
 
 class _CoordinateRule(Aggregator):
     finite_check_fused = True  # the CPU kernel reads every value's exponent bits
+    #: operations per coordinate after the sort, as a function of (p, f): the
+    #: window search and the mean of the kept values
+    post_ops = staticmethod(lambda p, f: 1.0)
+
+    def cost(self, p: int, n: int) -> Cost:
+        sort = network.sort_cost(p, n)
+        return Cost(sort.bytes, sort.flops + self.post_ops(p, self.f) * n, sort.launches)
 
 
 class Median(_CoordinateRule):
@@ -106,6 +113,7 @@ class TrimmedMean(_CoordinateRule):
 
     name = "trimmed_mean"
     requirement = ("p >= 2f+1", lambda p, f: p >= 2 * f + 1)
+    post_ops = staticmethod(lambda p, f: p - 2.0 * f)
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         return trimmed_mean(G, self.f)
@@ -117,6 +125,7 @@ class MeaMed(_CoordinateRule):
 
     name = "meamed"
     requirement = ("p >= f+1", lambda p, f: p >= f + 1)
+    post_ops = staticmethod(lambda p, f: 2.0 * f + 2.0 * (p - f))  # slide, then sum
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         return mean_around_median(G, G.shape[0] - self.f)
@@ -128,6 +137,7 @@ class Phocas(_CoordinateRule):
 
     name = "phocas"
     requirement = ("p >= 2f+1", lambda p, f: p >= 2 * f + 1)
+    post_ops = staticmethod(lambda p, f: (p - 2.0 * f) + 2.0 * f + 2.0 * (p - f))
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         return mean_around_trimmed_mean(G, self.f, G.shape[0] - self.f)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from innet.aggregators.base import Aggregator
+from innet.aggregators.base import Aggregator, Cost, gram_cost, passes
 from innet.aggregators.coordinate import coordinate_median
 from innet.aggregators.gram import gram
 
@@ -249,3 +249,14 @@ class FlagAggregator(Aggregator):
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         return self.solve_gram(gram(G), G).aggregate
+
+    def cost(self, p: int, n: int) -> Cost:
+        """The Gram pass, the IRLS on p×p matrices (at its iteration cap, one p×p
+        eigendecomposition ≈ 10·p³ operations and a few products per step) and the
+        output GEMV; a reference-mode random start adds an (n, m) projection pass."""
+        return gram_cost(p, n) + self.solve_cost(p) + passes(p, n, flops_per_value=2.0)
+
+    def solve_cost(self, p: int) -> Cost:
+        """The IRLS on a p×p Gram matrix, at its iteration cap."""
+        steps = max(self.iters, 1) + 1
+        return Cost(0.0, steps * (10.0 * p**3 + 6.0 * p**3), 4 * steps)

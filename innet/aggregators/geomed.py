@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from innet.aggregators.base import Aggregator
+from innet.aggregators import sorting_network as network
+from innet.aggregators.base import Aggregator, Cost, gram_cost, passes
 from innet.aggregators.coordinate import coordinate_median
 from innet.aggregators.gram import gram
 
@@ -58,3 +59,11 @@ class GeoMed(Aggregator):
         centre = coordinate_median(G)
         c = self.coefficients(gram(G, centre))
         return c.to(G.dtype) @ G + (1.0 - c.sum()).to(G.dtype) * centre
+
+    def cost(self, p: int, n: int) -> Cost:
+        # median pass, centred Gram pass, ``iters`` p×p iterations (the cap: the
+        # model does not depend on when the data lets it stop), one GEMV
+        per_iter = Cost(0.0, 8.0 * p * p, 4)
+        iterations = Cost(0.0, per_iter.flops * self.iters, per_iter.launches * self.iters)
+        return (network.sort_cost(p, n) + gram_cost(p, n) + iterations
+                + passes(p, n, flops_per_value=2.0))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from innet.aggregators.base import Aggregator, PreconditionError
+from innet.aggregators import sorting_network as network
+from innet.aggregators.base import Aggregator, Cost, PreconditionError, gram_cost, passes
 from innet.aggregators.coordinate import mean_around_median
 from innet.aggregators.gram import gram, squared_distances
 
@@ -69,6 +70,11 @@ class MultiKrum(Aggregator):
         weights[chosen] = 1.0 / chosen.numel()
         return weights @ G
 
+    def cost(self, p: int, n: int) -> Cost:
+        # the Gram pass, the p×p scores (a sort of each row of distances), one GEMV
+        return (gram_cost(p, n) + Cost(0.0, 4.0 * p * p * max(p.bit_length(), 1), 2)
+                + passes(p, n, flops_per_value=2.0))
+
 
 class Krum(MultiKrum):
     """Krum: the single row with the lowest score. Needs p ≥ 2f+3."""
@@ -108,3 +114,12 @@ class Bulyan(Aggregator):
         chosen = self.selection(G)
         beta = chosen.numel() - 2 * self.f
         return mean_around_median(G, beta, rows=chosen)
+
+    def cost(self, p: int, n: int) -> Cost:
+        # the Gram pass, θ Krum rounds on the p×p distances (one launch each), then
+        # the coordinate phase over the θ selected rows
+        theta = p - 2 * self.f
+        sort = network.sort_cost(theta, n)
+        rounds = Cost(0.0, theta * 4.0 * p * p * max(p.bit_length(), 1), theta)
+        return (gram_cost(p, n) + rounds
+                + Cost(sort.bytes, sort.flops + 2.0 * (theta - self.f) * n, 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from innet.aggregators.base import Aggregator, NonFiniteGradientError, nonfinite_rows
+from innet.aggregators.base import Aggregator, Cost, NonFiniteGradientError, nonfinite_rows, passes
 
 
 class Mean(Aggregator):
@@ -23,6 +23,9 @@ class Mean(Aggregator):
                 raise NonFiniteGradientError(bad)
         return out
 
+    def cost(self, p: int, n: int) -> Cost:
+        return passes(p, n)
+
 
 class SignSGD(Aggregator):
     """signSGD with majority vote: sign(Σ_i sign(g_i)) (Bernstein et al. 2019; REFERENCE §2).
@@ -34,3 +37,6 @@ class SignSGD(Aggregator):
 
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         return torch.sign(torch.sign(G).sum(dim=0))
+
+    def cost(self, p: int, n: int) -> Cost:
+        return passes(p, n, flops_per_value=2.0)

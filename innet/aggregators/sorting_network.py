@@ -36,7 +36,7 @@ import functools
 import numba
 import numpy as np
 
-from innet.aggregators.base import NonFiniteGradientError
+from innet.aggregators.base import VALUE_BYTES, Cost, NonFiniteGradientError
 
 #: largest p that uses a sorting network (Batcher at p = 64: 543 comparators)
 NETWORK_MAX_P = 64
@@ -71,6 +71,17 @@ def batcher_pairs(p: int) -> np.ndarray:
             k //= 2
         step *= 2
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def sort_cost(p: int, n: int) -> Cost:
+    """Modelled cost of sorting every column of a (p, n) stack in one pass: the
+    compare-exchanges of :func:`batcher_pairs` (a min and a max each), or p·log₂p
+    comparisons per column beyond :data:`NETWORK_MAX_P`."""
+    if p <= NETWORK_MAX_P:
+        ops = 2.0 * len(batcher_pairs(p))
+    else:
+        ops = p * np.log2(p)
+    return Cost(p * n * VALUE_BYTES, ops * n, 1)
 
 
 @numba.njit(cache=True, inline="always")
