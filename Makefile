@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/innet run scenarios/default.toml --out runs/default
+	$(VENV)/bin/innet run scenarios/default.toml --out runs/default --force
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,8 @@ def _scenario_flags(p) -> None:
     p.add_argument("--out", help="output folder (default: runs/<name>)")
     p.add_argument("--name", help="scenario name")
     p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", help="run every path once per seed, e.g. --seeds 0,1,2 "
+                   "(summary: mean ± sd)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("-p", "--workers", type=int, dest="p", help="number of workers")
     p.add_argument("-f", "--byzantine", type=int, dest="f", help="number of Byzantine workers")
@@ -38,6 +40,8 @@ def _scenario_flags(p) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    dest="grids", help="sweep a key over values, e.g. --grid workers.f=0,1,3 "
                    "(repeatable; adds to the file's [sweep] table)")
+    p.add_argument("-j", "--jobs", type=int, default=1,
+                   help="run units (paths × seeds) or sweep points in parallel processes")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--no-report", action="store_true",
                    help="skip report.md and the figures")
@@ -53,6 +57,12 @@ def _add_run(sub) -> None:
         "runs as a sweep.",
     )
     _scenario_flags(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue a killed run in its folder (same settings), from its "
+                      "last checkpoint (training.checkpoint_every)")
+    mode.add_argument("--force", action="store_true",
+                      help="replace the run the output folder holds")
 
 
 def _add_sweep(sub) -> None:
@@ -60,12 +70,11 @@ def _add_sweep(sub) -> None:
         "sweep",
         help="run a grid of scenarios (resumable, optionally in parallel) and report",
         description="Run every point of the scenario's [sweep] grid and --grid axes into "
-        "<out>/<point>/, skipping points already finished; then write <out>/report.md "
-        "(final accuracy vs the swept key, network counters, checked claims).",
+        "<out>/<point>/: points already finished with the same settings are skipped, "
+        "unfinished ones resume, ones of other settings run again; then write "
+        "<out>/report.md (final accuracy vs the swept key, network counters, claims).",
     )
     _scenario_flags(p)
-    p.add_argument("-j", "--jobs", type=int, default=1,
-                   help="points run in parallel processes (default 1)")
     p.add_argument("--force", action="store_true", help="rerun finished points too")
 
 
@@ -120,6 +129,11 @@ def _scenario_from_args(args) -> config.Scenario:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
+    if args.seeds is not None:
+        seeds = _toml_values(args.seeds)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise config.ScenarioError(f"--seeds {args.seeds!r}: expected integers, e.g. 0,1,2")
+        data["seeds"] = seeds
     if args.agg:
         data["paths"] = [{"rule": rule} for rule in args.agg]
     for item in args.sets:
@@ -128,7 +142,15 @@ def _scenario_from_args(args) -> config.Scenario:
     for item in args.grids:
         key, value = _split("--grid", item)
         data.setdefault("sweep", {})[key] = _toml_values(value)
-    return config.from_dict(data)
+    scenario = config.from_dict(data)
+    if args.out is None and not scenario.out and args.name is None:
+        # flags changed the file's settings: their own folder, not the file's
+        file_only = config.from_dict(config.read_toml(args.scenario) if args.scenario else {})
+        from innet.runs import settings_hash
+
+        if settings_hash(file_only) != settings_hash(scenario):
+            scenario.out = f"runs/{scenario.name}-{settings_hash(scenario)[:8]}"
+    return scenario
 
 
 def _report(folder, args) -> None:
@@ -145,10 +167,10 @@ def cmd_run(args) -> int:
 
     scenario = _scenario_from_args(args)
     if scenario.sweep:
-        args.jobs, args.force = 1, False
         return _sweep(scenario, args)
     out = experiment.output_dir(scenario, args.out)
-    summary = experiment.run(scenario, str(out), progress=not args.no_progress)
+    summary = experiment.run(scenario, str(out), progress=not args.no_progress, jobs=args.jobs,
+                             resume=args.resume, force=args.force)
     print()
     print(experiment.format_table(summary))
     print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml)")
@@ -341,13 +363,23 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
                 "compare": cmd_compare, "inspect": cmd_inspect, "bench": cmd_bench,
                 "pcap": cmd_pcap}
+    from innet.runs import RunFolderError
+
     try:
         return commands[args.command](args)
+    except RunFolderError as err:
+        print(f"innet {args.command}: {err}", file=sys.stderr)
+        return 2
     except config.ScenarioError as err:
         print(f"innet: invalid scenario: {err}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:  # report/compare on a folder that is not a run
         print(f"innet {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder that vanished, …
+        where = f" {err.filename}" if err.filename else ""
+        print(f"innet {args.command}: cannot write{where}: {err.strerror or err}",
+              file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ from host.data import DATASETS
 from host.models import MODELS
 from host.switch_allreduce import MAX_POOL, MAX_RETRIES
 from innet import aggregators, attacks
+from innet.devices import DEVICE_FORMS, valid_device_name
 from innet.quant.fixed_eigen import SOLVERS
 
 
@@ -57,6 +58,8 @@ class Training:
     gamma: float = 0.2
     eval_every: int = 50  #: steps between test evaluations (and at the last step)
     nonfinite: str = "zero"  #: PS policy for NaN/Inf rows: "zero" or "error"
+    #: steps between checkpoints (0: none); a killed run resumes from the last one
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -140,6 +143,8 @@ class Report:
 class Scenario:
     name: str = "default"
     seed: int = 0
+    #: run every path once per seed (mean ± sd in the summary); empty: just ``seed``
+    seeds: list[int] = field(default_factory=list)
     device: str = "auto"
     out: str = ""  #: output folder; defaults to runs/<name>
     workers: Workers = field(default_factory=Workers)
@@ -363,6 +368,8 @@ def _positive(key: str, value, strict: bool = True) -> None:
 def validate(s: Scenario) -> None:
     """Check values and combinations; raise :class:`ScenarioError` naming the key."""
     w, d, t = s.workers, s.data, s.training
+    if not valid_device_name(s.device):
+        raise ScenarioError(f"device: {s.device!r} is not one of {', '.join(DEVICE_FORMS)}")
     _positive("workers.p", w.p)
     _positive("workers.f", w.f, strict=False)
     if w.f >= w.p:
@@ -386,6 +393,9 @@ def validate(s: Scenario) -> None:
     _positive("training.momentum", t.momentum, strict=False)
     _positive("training.weight_decay", t.weight_decay, strict=False)
     _positive("training.eval_every", t.eval_every)
+    _positive("training.checkpoint_every", t.checkpoint_every, strict=False)
+    if len(set(s.seeds)) != len(s.seeds):
+        raise ScenarioError(f"seeds: each seed once, got {s.seeds}")
     _choice("training.nonfinite", t.nonfinite, ("zero", "error"))
     n = s.network
     for name in ("up_loss", "down_loss", "duplicate"):

@@ -2,15 +2,24 @@
 
 Every path trains its own copy of the model from the same initial weights, sees the
 same minibatch stream and the same attack randomness, so differences between paths
-come from the aggregation alone. Metrics stream to ``metrics.jsonl`` (one JSON object
-per line, flushed: a crash loses at most the line being written); ``summary.json``,
-``config.toml`` (the resolved scenario) and a printed table come at the end.
+come from the aggregation alone. A run repeats that for every seed of ``seeds``
+(default: the one ``seed``); one (path, seed) pair is a *unit*, run in order or in
+parallel processes (``jobs``). Each unit streams its metrics (one JSON object per
+step, flushed), can checkpoint every ``training.checkpoint_every`` steps and resume
+from there to the same numbers; ``summary.json`` gives per path the mean and sd over
+the seeds. The folder layout and its safety rules are in :mod:`innet.runs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import pickle
+import re
+import statistics
 import time
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +36,8 @@ from host.ps import ParameterServer
 from host.switch_allreduce import SwitchAllreduce
 from host.transport import ReliableTransport, UnreliableUplink
 from host.worker import WorkerPool, evaluate
-from innet import aggregators, attacks
-from innet.config import AggregationPath, Scenario, split_offload_params, to_dict
+from innet import aggregators, attacks, runs
+from innet.config import AggregationPath, Scenario, ScenarioError, split_offload_params, to_dict
 from innet.devices import pick_device
 from p4_models import streaming_sum, tofino1
 
@@ -48,20 +57,6 @@ class PathResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
-
-
-class MetricsWriter:
-    """Appends JSON lines and flushes each one."""
-
-    def __init__(self, path: Path):
-        self.fh = path.open("w", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 def output_dir(scenario: Scenario, out: str | None = None) -> Path:
@@ -183,6 +178,19 @@ class _Aggregation:
         if self.path.via == "offload":
             self.offload = build_offload(self.scenario, self.path, self.switch, p=len(live))
 
+    def network_state(self) -> dict[str, Any]:
+        """What of the aggregation changes from step to step: the emulated switch and
+        links, the PS transport, the offload's secret and step (for checkpoints)."""
+        off = self.offload
+        return {"switch": self.switch, "transport": self.transport,
+                "offload": None if off is None else (off._secret, off.step)}
+
+    def load_network_state(self, state: dict[str, Any]) -> None:
+        self.switch, self.transport = state["switch"], state["transport"]
+        if self.offload is not None:
+            self.offload.switch = self.switch
+            self.offload._secret, self.offload.step = state["offload"]
+
     def crash_step(self, G: torch.Tensor, worker: int, live: list[int]):
         """The step during which ``worker`` dies: the in-network paths lose it mid-step
         (timeouts, fallback); the PS path waits out its transport's timeouts and
@@ -277,94 +285,214 @@ def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def run_path(
-    scenario: Scenario,
-    path: AggregationPath,
-    data: datasets.Dataset,
-    device: torch.device,
-    metrics: MetricsWriter,
-    progress: bool = True,
-) -> PathResult:
-    """Train one model through one aggregation path."""
-    w, t, n = scenario.workers, scenario.training, scenario.network
-    torch.manual_seed(scenario.seed)
-    model = models.build(scenario.data.model, data.image_shape, data.num_classes).to(device)
-    attack = attacks.get(w.attack, **w.attack_params) if w.f > 0 else None
-    byzantine = list(range(w.f))
-    pool = WorkerPool(
-        model,
-        data,
-        w.p,
-        scenario.data.batch,
-        seed=scenario.seed,
-        byzantine=byzantine,
-        data_attack=attack if attack is not None and attack.kind == "data" else None,
-    )
-    gradient_attack = attack if attack is not None and attack.kind == "gradient" else None
-    byz_index = torch.tensor(byzantine, dtype=torch.long, device=device)
-    attack_gen = torch.Generator().manual_seed(scenario.seed + 2)
-    rule_params = (split_offload_params(path.params)[1] if path.via == "offload"
-                   else path.params)
-    rule = aggregators.get(path.rule, **{"f": w.f, **rule_params})
-    warm_up(rule, w.p, device)
-    ps = ParameterServer(
-        model, rule, t.lr, t.momentum, t.weight_decay, t.milestones, t.gamma, t.nonfinite
-    )
-    agg = _Aggregation(scenario, path, ps)
-    uplink = None
-    if not n.recovery:  # what the up links lose stays lost, on every path
-        uplink = UnreliableUplink(link_models(scenario)[0], n.k, scenario.seed)
-    live = list(range(w.p))
-    crash_worker, crash_step = (n.crash if n.crash else (-1, 0))
-    totals: dict[str, Any] = {}
-    modelled = 0.0  # seconds of modelled aggregation time so far
-    honest = torch.ones(w.p, dtype=torch.bool)
-    honest[byzantine] = False
+class _Trainer:
+    """One unit of a run: one path, one seed. Builds the model, workers, attack and
+    aggregation; :meth:`step` trains one step and returns its metrics record;
+    :meth:`state` / :meth:`restore` capture everything a step depends on, so a unit
+    resumed from a checkpoint continues bit for bit (on the CPU)."""
 
-    start = time.perf_counter()
-    accuracy, test_loss, train_loss = float("nan"), float("nan"), float("nan")
-    bar = tqdm(range(1, t.steps + 1), desc=f"{path.name:>14}", disable=not progress, leave=True)
-    for step in bar:
-        G, losses = pool.gradients()
-        if gradient_attack is not None:
-            G = gradient_attack(G, byz_index, attack_gen)
+    def __init__(self, scenario: Scenario, path: AggregationPath, data: datasets.Dataset,
+                 device: torch.device):
+        self.scenario, self.path = scenario, path
+        w, t, n = scenario.workers, scenario.training, scenario.network
+        torch.manual_seed(scenario.seed)
+        self.model = models.build(scenario.data.model, data.image_shape,
+                                  data.num_classes).to(device)
+        attack = attacks.get(w.attack, **w.attack_params) if w.f > 0 else None
+        self.byzantine = list(range(w.f))
+        self.pool = WorkerPool(
+            self.model, data, w.p, scenario.data.batch, seed=scenario.seed,
+            byzantine=self.byzantine,
+            data_attack=attack if attack is not None and attack.kind == "data" else None,
+        )
+        self.data = data
+        self.gradient_attack = (attack if attack is not None and attack.kind == "gradient"
+                                else None)
+        self.byz_index = torch.tensor(self.byzantine, dtype=torch.long, device=device)
+        self.attack_gen = torch.Generator().manual_seed(scenario.seed + 2)
+        rule_params = (split_offload_params(path.params)[1] if path.via == "offload"
+                       else path.params)
+        self.rule = aggregators.get(path.rule, **{"f": w.f, **rule_params})
+        warm_up(self.rule, w.p, device)
+        self.ps = ParameterServer(self.model, self.rule, t.lr, t.momentum, t.weight_decay,
+                                  t.milestones, t.gamma, t.nonfinite)
+        self.agg = _Aggregation(scenario, path, self.ps)
+        self.uplink = None
+        if not n.recovery:  # what the up links lose stays lost, on every path
+            self.uplink = UnreliableUplink(link_models(scenario)[0], n.k, scenario.seed)
+        self.live = list(range(w.p))
+        self.crash_worker, self.crash_step = (n.crash if n.crash else (-1, 0))
+        self.totals: dict[str, Any] = {}
+        self.modelled = 0.0  # seconds of modelled aggregation time so far
+        self.honest = torch.ones(w.p, dtype=torch.bool)
+        self.honest[self.byzantine] = False
+        self.done = 0  # steps taken
+        self.elapsed = 0.0  # wall seconds spent in steps (over every session)
+        self.accuracy = self.test_loss = self.train_loss = float("nan")
+
+    def step(self) -> dict[str, Any]:
+        tick = time.perf_counter()
+        w, t = self.scenario.workers, self.scenario.training
+        step = self.done + 1
+        G, losses = self.pool.gradients()
+        if self.gradient_attack is not None:
+            G = self.gradient_attack(G, self.byz_index, self.attack_gen)
         extra: dict[str, Any] = {}
-        if uplink is not None:
-            G, delivery = uplink.send(G)
-            add_stats(totals, {"packets_lost_unrecovered": delivery.lost,
-                               "values_lost_unrecovered": delivery.values_lost})
+        if self.uplink is not None:
+            G, delivery = self.uplink.send(G)
+            add_stats(self.totals, {"packets_lost_unrecovered": delivery.lost,
+                                    "values_lost_unrecovered": delivery.values_lost})
             extra["packets_lost"] = delivery.lost
-        if step == crash_step:
-            live = [i for i in live if i != crash_worker]
-            update, seconds, stats = agg.crash_step(G, crash_worker, live)
-            agg.lease(live)
+        if step == self.crash_step:
+            self.live = [i for i in self.live if i != self.crash_worker]
+            update, seconds, stats = self.agg.crash_step(G, self.crash_worker, self.live)
+            self.agg.lease(self.live)
             stats["crashed_workers"] = 1
+            extra["crashed_worker"] = self.crash_worker
         else:
-            update, seconds, stats = agg.step(G if len(live) == w.p else G[live])
-        ps.apply(update)
-        modelled += seconds
-        add_stats(totals, stats)
-        extra.update(_extra(path, stats))
-        train_loss = float(losses.cpu()[honest].mean())
-        record = {"path": path.name, "step": step, "train_loss": train_loss,
-                  "lr": ps.optimizer.param_groups[0]["lr"], "modelled_s": modelled, **extra}
+            update, seconds, stats = self.agg.step(G if len(self.live) == w.p else G[self.live])
+        self.ps.apply(update)
+        self.modelled += seconds
+        add_stats(self.totals, stats)
+        extra.update(_extra(self.path, stats))
+        self.train_loss = float(losses.cpu()[self.honest].mean())
+        record = {"path": self.path.name, "seed": self.scenario.seed, "step": step,
+                  "train_loss": self.train_loss, "lr": self.ps.optimizer.param_groups[0]["lr"],
+                  "modelled_s": self.modelled, **extra}
         if step % t.eval_every == 0 or step == t.steps:
-            accuracy, test_loss = evaluate(model, data.x_test, data.y_test)
-            record.update(test_accuracy=accuracy, test_loss=test_loss)
-            bar.set_postfix(acc=f"{accuracy:.3f}")
-        record["elapsed_s"] = time.perf_counter() - start
-        metrics.write(record)
-    elapsed = time.perf_counter() - start
-    return PathResult(
-        final_test_accuracy=accuracy,
-        final_test_loss=test_loss,
-        final_train_loss=train_loss,
-        seconds_per_step=elapsed / t.steps,
-        aggregate_seconds_per_step=ps.aggregate_seconds / t.steps,
-        modelled_seconds_per_step=modelled / t.steps,
-        nonfinite_rows=ps.nonfinite_rows,
-        network=totals,
-    )
+            self.accuracy, self.test_loss = evaluate(self.model, self.data.x_test,
+                                                     self.data.y_test)
+            record.update(test_accuracy=self.accuracy, test_loss=self.test_loss)
+        self.done = step
+        self.elapsed += time.perf_counter() - tick
+        record["elapsed_s"] = self.elapsed
+        return record
+
+    def result(self) -> PathResult:
+        steps = max(self.done, 1)
+        return PathResult(
+            final_test_accuracy=self.accuracy, final_test_loss=self.test_loss,
+            final_train_loss=self.train_loss, seconds_per_step=self.elapsed / steps,
+            aggregate_seconds_per_step=self.ps.aggregate_seconds / steps,
+            modelled_seconds_per_step=self.modelled / steps,
+            nonfinite_rows=self.ps.nonfinite_rows, network=self.totals)
+
+    # -- checkpoints ----------------------------------------------------------------
+    _SCALARS = ("done", "elapsed", "accuracy", "test_loss", "train_loss", "modelled",
+                "totals", "live")
+
+    def state(self) -> dict[str, Any]:
+        """Everything the next step depends on (the aggregation's emulated links,
+        switch registers and transports are pickled whole)."""
+        sampler = self.pool.sampler
+        return {
+            "scalars": {k: getattr(self, k) for k in self._SCALARS},
+            "model": self.model.state_dict(),
+            "optimizer": self.ps.optimizer.state_dict(),
+            "scheduler": self.ps.scheduler.state_dict(),
+            "ps": (self.ps.nonfinite_rows, self.ps.aggregate_seconds),
+            "rule": self.rule.state(),
+            "sampler": (sampler.gen.get_state(), sampler.order, sampler.pos),
+            "generators": (self.pool.attack_gen.get_state(), self.attack_gen.get_state(),
+                           torch.get_rng_state()),
+            "uplink": None if self.uplink is None else [ln.state.copy()
+                                                         for ln in self.uplink.links],
+            "aggregation": pickle.dumps(self.agg.network_state()),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for k, v in state["scalars"].items():
+            setattr(self, k, v)
+        if len(self.live) != self.scenario.workers.p:  # a crash happened before the save
+            self.agg.lease(self.live)
+        self.model.load_state_dict(state["model"])
+        self.ps.optimizer.load_state_dict(state["optimizer"])
+        self.ps.scheduler.load_state_dict(state["scheduler"])
+        self.ps.nonfinite_rows, self.ps.aggregate_seconds = state["ps"]
+        self.rule.load_state(state["rule"])
+        sampler = self.pool.sampler
+        gen_state, sampler.order, sampler.pos = state["sampler"]
+        sampler.gen.set_state(gen_state)
+        pool_gen, attack_gen, global_gen = state["generators"]
+        self.pool.attack_gen.set_state(pool_gen)
+        self.attack_gen.set_state(attack_gen)
+        torch.set_rng_state(global_gen)
+        if self.uplink is not None:
+            for link, row in zip(self.uplink.links, state["uplink"]):
+                link.state[:] = row
+        self.agg.load_network_state(pickle.loads(state["aggregation"]))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One path trained with one seed: the grain of a run's progress and parallelism."""
+
+    index: int  #: the path's index in the scenario
+    seed: int
+
+    def key(self, scenario: Scenario) -> str:
+        name = re.sub(r"[^A-Za-z0-9_.+-]", "_", scenario.paths[self.index].name)
+        return f"{self.index:02d}-{name}-s{self.seed}"
+
+
+def seeds_of(scenario: Scenario) -> list[int]:
+    return list(scenario.seeds) or [scenario.seed]
+
+
+def units_of(scenario: Scenario) -> list[Unit]:
+    return [Unit(i, seed) for i in range(len(scenario.paths)) for seed in seeds_of(scenario)]
+
+
+def load_data(scenario: Scenario, device: torch.device) -> datasets.Dataset:
+    return datasets.load(scenario.data.dataset, scenario.data.root or None,
+                         scenario.data.download).to(device)
+
+
+def run_unit(scenario: Scenario, unit: Unit, folder: Path, data: datasets.Dataset | None = None,
+             progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train one unit into ``folder/units/``: its metrics stream to ``<unit>.jsonl``
+    (flushed per line), a checkpoint every ``training.checkpoint_every`` steps, and
+    ``<unit>.result.json`` when it is done; returns the result. With ``resume`` it
+    continues from its checkpoint (or from the start if it has none)."""
+    key = unit.key(scenario)
+    units = folder / "units"
+    units.mkdir(exist_ok=True)
+    part, ckpt = units / f"{key}.jsonl", units / f"{key}.ckpt"
+    s = dataclasses.replace(scenario, seed=unit.seed, seeds=[])
+    path = s.paths[unit.index]
+    device = pick_device(s.device)
+    data = load_data(s, device) if data is None else data
+    trainer = _Trainer(s, path, data, device)
+    offset = 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        trainer.restore(state["trainer"])
+        offset = state["metrics_offset"]
+    every, steps = s.training.checkpoint_every, s.training.steps
+    desc = f"{path.name:>14}" + (f" s{unit.seed}" if len(seeds_of(scenario)) > 1 else "")
+    with part.open("r+b" if part.exists() else "wb") as fh:
+        fh.truncate(offset)  # lines written after the checkpoint are written again
+        fh.seek(offset)
+        bar = tqdm(range(trainer.done + 1, steps + 1), desc=desc, disable=not progress,
+                   leave=True)
+        for step in bar:
+            record = trainer.step()
+            fh.write((json.dumps(record) + "\n").encode())
+            fh.flush()
+            if "test_accuracy" in record:
+                bar.set_postfix(acc=f"{record['test_accuracy']:.3f}")
+            if every and step % every == 0 and step < steps:
+                runs.atomic_write(ckpt, _checkpoint_bytes(trainer, fh.tell()))
+    result = {**trainer.result().as_dict(), "seed": unit.seed}
+    runs.write_json(units / f"{key}.result.json", result)
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+def _checkpoint_bytes(trainer: _Trainer, offset: int) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"trainer": trainer.state(), "metrics_offset": offset}, buffer)
+    return buffer.getvalue()
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
@@ -380,25 +508,108 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(scenario: Scenario, out: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every path of ``scenario``; write the outputs; return the summary."""
-    folder = output_dir(scenario, out)
-    folder.mkdir(parents=True, exist_ok=True)
-    device = pick_device(scenario.device)
-    with (folder / "config.toml").open("wb") as fh:
-        tomli_w.dump(to_dict(scenario), fh)
-    data = datasets.load(
-        scenario.data.dataset, scenario.data.root or None, scenario.data.download
-    ).to(device)
-    metrics = MetricsWriter(folder / "metrics.jsonl")
+def _sd(values: list[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(scenario: Scenario, results: dict[Unit, dict[str, Any]]) -> dict[str, Any]:
+    """Per path, over its finished seeds: means of the final metrics and times, their
+    sample sd, the per-seed values; network counters summed over the seeds."""
     summary: dict[str, Any] = {}
-    try:
-        for path in scenario.paths:
-            summary[path.name] = run_path(scenario, path, data, device, metrics, progress).as_dict()
-            (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-    finally:
-        metrics.close()
+    for i, path in enumerate(scenario.paths):
+        per = {u.seed: r for u, r in sorted(results.items(), key=lambda x: x[0].seed)
+               if u.index == i}
+        if not per:
+            continue
+        rows = list(per.values())
+        entry: dict[str, Any] = {}
+        for key in ("final_test_accuracy", "final_test_loss", "final_train_loss"):
+            values = [r[key] for r in rows]
+            entry[key] = statistics.fmean(values)
+            entry[f"{key}_sd"] = _sd(values)
+            entry[f"{key}_per_seed"] = values
+        for key in ("seconds_per_step", "aggregate_seconds_per_step",
+                    "modelled_seconds_per_step"):
+            entry[key] = statistics.fmean(r[key] for r in rows)
+        entry["nonfinite_rows"] = sum(r["nonfinite_rows"] for r in rows)
+        network: dict[str, Any] = {}
+        for r in rows:
+            add_stats(network, r.get("network") or {})
+        entry["network"] = network
+        entry["seeds"] = list(per)
+        entry["n_seeds"] = len(per)
+        missing = [s for s in seeds_of(scenario) if s not in per]
+        if missing:
+            entry["seeds_missing"] = missing
+        entry["per_seed"] = {str(seed): r for seed, r in per.items()}
+        summary[path.name] = entry
     return summary
+
+
+def _gather(scenario: Scenario, folder: Path, units: list[Unit]) -> dict[Unit, dict[str, Any]]:
+    """The finished units' results; metrics.jsonl and summary.json rebuilt from them."""
+    results = {}
+    for u in units:
+        file = folder / "units" / f"{u.key(scenario)}.result.json"
+        if file.exists():
+            results[u] = runs.read_json(file, "a unit's result")
+    lines = []
+    for u in units:
+        if u in results:
+            part = folder / "units" / f"{u.key(scenario)}.jsonl"
+            lines.append(part.read_bytes())
+    runs.atomic_write(folder / "metrics.jsonl", b"".join(lines))
+    runs.write_json(folder / "summary.json", summarise(scenario, results))
+    return results
+
+
+def run(scenario: Scenario, out: str | None = None, progress: bool = True, jobs: int = 1,
+        resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run every path of ``scenario`` for every seed into its folder (see
+    :mod:`innet.runs`); return the summary. ``jobs`` > 1 runs units (paths × seeds)
+    in parallel processes. ``resume`` continues a killed run of the same settings;
+    ``force`` replaces what the folder held."""
+    if jobs < 1:
+        raise ScenarioError(f"--jobs: must be >= 1, got {jobs}")
+    try:  # a device this machine lacks fails before anything is written
+        device = pick_device(scenario.device)
+    except ValueError as err:
+        raise ScenarioError(str(err)) from None
+    folder = runs.usable_folder(output_dir(scenario, out))
+    with runs.locked(folder):
+        resuming = runs.claim_folder(folder, scenario, resume, force)
+        units = units_of(scenario)
+        if not resuming:
+            runs.atomic_write(folder / "config.toml", tomli_w.dumps(to_dict(scenario)))
+            runs.write_json(folder / "run.json", {
+                "settings_hash": runs.settings_hash(scenario),
+                "units": [u.key(scenario) for u in units]})
+        done = _gather(scenario, folder, units)
+        todo = [u for u in units if u not in done]
+        if jobs == 1 or len(todo) <= 1:
+            data = load_data(scenario, device) if todo else None
+            for u in todo:
+                run_unit(scenario, u, folder, data, progress, resume=resuming)
+                _gather(scenario, folder, units)
+        else:
+            from innet.parallel import process_pool
+
+            with process_pool(min(jobs, len(todo))) as pool:
+                futures = [pool.submit(_run_unit_process, to_dict(scenario), u, str(folder),
+                                       resuming) for u in todo]
+                for future in tqdm(as_completed(futures), total=len(futures), desc="units",
+                                   unit="unit", disable=not progress):
+                    future.result()  # re-raise a unit's error here
+                    _gather(scenario, folder, units)
+        summary = runs.read_json(folder / "summary.json", "summary.json")
+    return summary
+
+
+def _run_unit_process(data: dict[str, Any], unit: Unit, folder: str, resume: bool):
+    from innet.config import from_dict
+
+    return run_unit(from_dict(data), unit, Path(folder), progress=False, resume=resume)
 
 
 def capture_packets(scenario: Scenario, steps: int = 1, max_packets: int = 5000):

@@ -124,6 +124,15 @@ class Aggregator:
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def state(self) -> dict:
+        """What the rule carries from one call to the next (for checkpoints); most
+        rules are stateless."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name}: unexpected saved state {sorted(state)}")
+
     def cost(self, p: int, n: int) -> Cost:
         """The modelled cost of one call on a (p, n) stack (see :class:`Cost`); the
         default is one pass with one operation per value. Rules override it with the

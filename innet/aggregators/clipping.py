@@ -100,6 +100,12 @@ class CenteredClipping(Aggregator):
     def reset(self) -> None:
         self._v = None
 
+    def state(self) -> dict:
+        return {"v": self._v}
+
+    def load_state(self, state: dict) -> None:
+        self._v = state["v"]
+
     def aggregate(self, G: torch.Tensor) -> torch.Tensor:
         v = self._v
         if v is None or v.shape != G.shape[1:] or v.device != G.device or v.dtype != G.dtype:
