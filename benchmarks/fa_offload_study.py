@@ -1,6 +1,6 @@
 """FA offload, aggregate level: how far the offloaded aggregate is from full FA.
 
-    python benchmarks/fa_offload_study.py [--out docs/figures] [--solver bfp|fixed]
+    python benchmarks/fa_offload_study.py [--out runs/fa_offload_study] [--solver bfp|fixed]
 
 For each (sketch size k′, eigensolver word length W, sketch bits b) the control plane
 computes FA's coefficients from the b-bit sketches with the W-bit quantized Jacobi
@@ -52,7 +52,9 @@ def matrices(f=3):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("--out", default="runs/fa_offload_study",
+                    help="folder for the figure (default runs/fa_offload_study; the copy in "
+                    "docs/figures is refreshed by hand, never by default)")
     ap.add_argument("--solver", default="bfp", choices=("bfp", "fixed"))
     args = ap.parse_args()
     f = 3

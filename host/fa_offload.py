@@ -134,6 +134,7 @@ class OffloadedFA:
         self._sketch: CountSketch | None = None
         self._secret = np.random.default_rng(seed + 7919)  # the control plane's, not shared
         self.step = 0
+        self.last_c: np.ndarray | None = None
         #: optional f(V, honest c, sketch) -> V: what Byzantine workers send in phase 2
         self.phase2_attack = None
 
@@ -190,6 +191,7 @@ class OffloadedFA:
         G = G.astype(np.float64)
         stats = OffloadStats(sketch_bytes_per_worker=self.k_prime * self.b // 8 + 4)
         c, norms, Yq, scale = self.coefficients(G, stats)
+        self.last_c = c  #: the control plane's coefficients of the last step
         V = c[:, None] * G  # what honest workers send
         if self.phase2_attack is not None:
             V = self.phase2_attack(V.copy(), c, self.sketch_of(G.shape[1]))

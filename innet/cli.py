@@ -339,6 +339,13 @@ def _add_inspect(sub) -> None:
 def cmd_inspect(args) -> int:
     from p4_models import TARGETS, phase2_guard, sketch_store, streaming_sum
 
+    for flag, value in (("-k", args.k), ("--pool", args.pool), ("-p", args.p),
+                        ("--k-prime", args.k_prime)):
+        if value < 1:
+            raise config.ScenarioError(f"inspect {flag}: must be >= 1, got {value}")
+    if args.program == "sketch_store" and args.k_prime % args.k:
+        raise config.ScenarioError(f"inspect --k-prime: must be a multiple of -k ({args.k}), "
+                                   f"got {args.k_prime}")
     program = {"streaming_sum": lambda: streaming_sum(args.k, args.pool),
                "sketch_store": lambda: sketch_store(args.p, args.k_prime, args.k),
                "phase2_guard": lambda: phase2_guard(args.p, args.k)}[args.program]()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 import re
 import tomllib
 import types
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.timing import PROFILES
-from host.data import DATASETS
+from host.data import DATASETS, EMBEDDED, MODELS_FOR
 from host.models import MODELS
 from host.switch_allreduce import MAX_POOL, MAX_RETRIES
 from innet import aggregators, attacks
@@ -180,6 +181,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ScenarioError(f"{key}: must be a finite number, got {value}")
     if hint in (int, float, str, bool):
         if type(value) is not hint:
             raise ScenarioError(
@@ -230,9 +233,27 @@ def _build(cls, data: dict[str, Any], prefix: str):
     return cls(**kwargs)
 
 
+#: training settings a dataset brings when the scenario leaves them unset, chosen so
+#: that the f = 0 mean reaches its plateau (docs/REPRODUCTIONS.md shows the curve)
+TRAINING_DEFAULTS = {
+    "mnist1d": {"steps": 800, "lr": 0.1, "momentum": 0.9, "milestones": [500], "gamma": 0.1,
+                "eval_every": 100},
+}
+
+
+def _dataset_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    dataset = (data.get("data") or {}).get("dataset") if isinstance(data.get("data"),
+                                                                     dict) else None
+    defaults = TRAINING_DEFAULTS.get(dataset)
+    if not defaults or not isinstance(data.get("training", {}), dict):
+        return data
+    return {**data, "training": {**defaults, **data.get("training", {})}}
+
+
 def from_dict(data: dict[str, Any]) -> Scenario:
-    """Build and validate a scenario from plain data (e.g. parsed TOML)."""
-    scenario = _build(Scenario, data, "")
+    """Build and validate a scenario from plain data (e.g. parsed TOML). A dataset's
+    :data:`TRAINING_DEFAULTS` fill the training keys the data leaves unset."""
+    scenario = _build(Scenario, _dataset_defaults(data), "")
     validate(scenario)
     return scenario
 
@@ -317,9 +338,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def point_name(values: dict[str, Any]) -> str:
-    """Folder name of a sweep point, e.g. ``workers.f=1,network.recovery=false``."""
-    text = ",".join(f"{k}={_fmt(v)}" for k, v in values.items())
+def point_name(values: dict[str, Any], grid: dict[str, list] | None = None) -> str:
+    """Folder name of a sweep point, e.g. ``workers.f=1,network.recovery=false``. A
+    swept table names only the fields that vary over the grid (``workers=f3-attackalie``,
+    not every field of the table)."""
+    def shown(key, value):
+        if not isinstance(value, dict) or not grid:
+            return _fmt(value)
+        others = [v for v in grid.get(key, []) if isinstance(v, dict)]
+        varying = {k: v for k, v in value.items()
+                   if any(o.get(k) != v for o in others)}
+        varying.update({k: None for o in others for k in o if k not in value})
+        return "-".join(f"{k}{_fmt(v)}" for k, v in varying.items() if v is not None) or "base"
+
+    text = ",".join(f"{k}={shown(k, v)}" for k, v in values.items())
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "", text.replace("[", "").replace("]", "")) or "base"
 
 
@@ -342,7 +374,7 @@ def sweep_points(scenario: Scenario) -> list[tuple[str, dict[str, Any], Scenario
         data = copy.deepcopy(base)
         for key, value in values.items():
             set_key(data, key, value)
-        name = point_name(values)
+        name = point_name(values, grid)
         data["name"] = f"{scenario.name}/{name}"
         try:
             out.append((name, values, from_dict(data)))
@@ -382,12 +414,16 @@ def validate(s: Scenario) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.model", d.model, MODELS)
     _positive("data.batch", d.batch)
-    if d.dataset != "digits" and not d.root:
-        raise ScenarioError(f"data.root: dataset {d.dataset!r} needs a local folder")
-    if d.dataset == "digits" and w.p * d.batch > 1437:
+    if d.dataset not in EMBEDDED and not d.root:
+        raise ScenarioError(f"data.root: dataset {d.dataset!r} needs a local folder "
+                            f"(embedded, no files needed: {', '.join(EMBEDDED)})")
+    if d.dataset in EMBEDDED and w.p * d.batch > EMBEDDED[d.dataset]:
         raise ScenarioError(
-            f"data.batch: p·batch = {w.p * d.batch} exceeds the 1437 digits training images"
-        )
+            f"data.batch: p·batch = {w.p * d.batch} exceeds the {EMBEDDED[d.dataset]} "
+            f"{d.dataset} training examples")
+    if d.dataset in MODELS_FOR and d.model not in MODELS_FOR[d.dataset]:
+        raise ScenarioError(f"data.model: {d.dataset} takes {', '.join(MODELS_FOR[d.dataset])}, "
+                            f"got {d.model!r}")
     _positive("training.steps", t.steps)
     _positive("training.lr", t.lr)
     _positive("training.momentum", t.momentum, strict=False)
@@ -464,6 +500,13 @@ def validate(s: Scenario) -> None:
             if w.p > 32:
                 raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
         off, fa_params = split_offload_params(path.params)
+        allowed = [k for k in aggregators.parameters(path.rule) if k != "eigh"]
+        if path.via == "offload":
+            allowed += list(OFFLOAD_PARAMS)
+        unknown = sorted(set(path.params) - set(allowed))
+        if unknown:
+            raise ScenarioError(f"{key}.params: unknown key {unknown[0]!r} for "
+                                f"{path.via}:{path.rule}; allowed keys: {', '.join(allowed)}")
         if path.via == "offload":
             if path.rule != "fa":
                 raise ScenarioError(f"{key}.rule: the offload path runs FA; got {path.rule!r}")
@@ -499,12 +542,13 @@ def validate(s: Scenario) -> None:
     if s.report.x and s.report.x not in s.sweep:
         raise ScenarioError(f"report.x: {s.report.x!r} is not a sweep key "
                             f"({', '.join(s.sweep) or 'no sweep'})")
-    from innet.claims import check_expression  # here: claims imports this module
+    from innet.claims import check_expression, where_names  # claims imports this module
 
     names = [p.name for p in s.paths]
     for i, e in enumerate(s.report.expect):
         check_expression(f"report.expect[{i}].check", e.check, names, kind="check")
         if e.where:
-            check_expression(f"report.expect[{i}].where", e.where, list(s.sweep), kind="where")
+            check_expression(f"report.expect[{i}].where", e.where, where_names(s.sweep),
+                             kind="where")
     if s.sweep:
         sweep_points(s)  # every point must be valid on its own

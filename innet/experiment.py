@@ -12,9 +12,11 @@ the seeds. The folder layout and its safety rules are in :mod:`innet.runs`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
+import math
 import pickle
 import re
 import statistics
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 import torch
 from tqdm.auto import tqdm
@@ -146,6 +149,43 @@ def warm_up(rule: aggregators.Aggregator, p: int, device: torch.device) -> None:
         return
     if hasattr(rule, "reset"):
         rule.reset()
+
+
+@torch.no_grad()
+def geometry(G: torch.Tensor, update: torch.Tensor, honest: torch.Tensor,
+             coefficients: torch.Tensor | None = None) -> dict[str, float]:
+    """The cosine structure of a step's rows (what decides which rows a subspace or
+    distance rule keeps): mean pairwise cosine among honest rows, among Byzantine
+    rows and across; each group's mean cosine to the honest mean; the update's cosine
+    to the honest mean and its norm relative to it; for FA the share of the update
+    its coefficients give the Byzantine rows (Σ_B |c_i|‖g_i‖ / Σ |c_i|‖g_i‖)."""
+    X = G.detach().to("cpu", torch.float64)
+    honest = honest.to(torch.bool)
+    norms = torch.linalg.vector_norm(X, dim=1).clamp_min(1e-300)
+    C = (X @ X.T) / norms[:, None] / norms[None, :]
+    H, B = torch.nonzero(honest).flatten(), torch.nonzero(~honest).flatten()
+
+    def mean_offdiag(rows, cols):
+        block = C[rows][:, cols]
+        if rows is cols:
+            k = len(rows)
+            return float((block.sum() - block.diagonal().sum()) / max(k * (k - 1), 1))
+        return float(block.mean())
+
+    m = X[H].mean(dim=0)
+    m_norm = float(torch.linalg.vector_norm(m).clamp_min(1e-300))
+    to_mean = (X @ m) / norms / m_norm
+    u = update.detach().to("cpu", torch.float64)
+    u_norm = float(torch.linalg.vector_norm(u))
+    out = {"cos_honest": mean_offdiag(H, H), "cos_byzantine": mean_offdiag(B, B),
+           "cos_cross": mean_offdiag(B, H), "cos_honest_to_mean": float(to_mean[H].mean()),
+           "cos_byzantine_to_mean": float(to_mean[B].mean()),
+           "cos_update_to_mean": float(u @ m) / max(u_norm * m_norm, 1e-300),
+           "update_norm_ratio": u_norm / m_norm}
+    if coefficients is not None and len(coefficients) == len(X):
+        weight = coefficients.abs().to(torch.float64) * norms
+        out["fa_byzantine_share"] = float(weight[B].sum() / weight.sum().clamp_min(1e-300))
+    return {k: (v if math.isfinite(v) else None) for k, v in out.items()}
 
 
 def add_stats(total: dict[str, Any], step: dict[str, Any]) -> None:
@@ -363,10 +403,22 @@ class _Trainer:
             self.accuracy, self.test_loss = evaluate(self.model, self.data.x_test,
                                                      self.data.y_test)
             record.update(test_accuracy=self.accuracy, test_loss=self.test_loss)
+        if ((step == 1 or "test_accuracy" in record) and self.byzantine
+                and len(self.live) == w.p):  # step 1: every path sees the same rows
+            record.update(geometry(G, update, self.honest, self.coefficients()))
         self.done = step
         self.elapsed += time.perf_counter() - tick
         record["elapsed_s"] = self.elapsed
         return record
+
+    def coefficients(self) -> torch.Tensor | None:
+        """FA's coefficients c of the step just taken (the update is G·c), where the
+        path runs FA: the offload's control plane, or the PS rule."""
+        if self.agg.offload is not None:
+            c = self.agg.offload.last_c
+            return None if c is None else torch.from_numpy(np.asarray(c))
+        last = getattr(self.rule, "last", None)
+        return getattr(last, "c", None)
 
     def result(self) -> PathResult:
         steps = max(self.done, 1)
@@ -444,8 +496,14 @@ def units_of(scenario: Scenario) -> list[Unit]:
 
 
 def load_data(scenario: Scenario, device: torch.device) -> datasets.Dataset:
-    return datasets.load(scenario.data.dataset, scenario.data.root or None,
-                         scenario.data.download).to(device)
+    """The scenario's dataset on ``device``; a dataset that cannot be loaded here is a
+    :class:`ScenarioError` naming ``data.dataset``."""
+    try:
+        data = datasets.load(scenario.data.dataset, scenario.data.root or None,
+                             scenario.data.download)
+    except datasets.DatasetError as err:
+        raise ScenarioError(f"data.dataset: {err}") from None
+    return data.to(device)
 
 
 def run_unit(scenario: Scenario, unit: Unit, folder: Path, data: datasets.Dataset | None = None,
@@ -496,12 +554,16 @@ def _checkpoint_bytes(trainer: _Trainer, offset: int) -> bytes:
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    head = (f"{'path':<22}{'test acc':>10}{'test loss':>11}{'ms/step':>10}{'agg ms':>9}"
-            f"{'model µs':>10}")
+    multi = any(r.get("n_seeds", 1) > 1 for r in summary.values())
+    acc_head, w = ("test acc ± sd", 17) if multi else ("test acc", 10)
+    head = (f"{'path':<22}{acc_head:>{w}}{'test loss':>11}{'ms/step':>10}"
+            f"{'agg ms':>9}{'model µs':>10}")
     lines = [head, "-" * len(head)]
     for name, r in summary.items():
+        acc = (f"{r['final_test_accuracy']:.4f} ± {r.get('final_test_accuracy_sd', 0):.4f}"
+               if multi else f"{r['final_test_accuracy']:.4f}")
         lines.append(
-            f"{name:<22}{r['final_test_accuracy']:>10.4f}{r['final_test_loss']:>11.4f}"
+            f"{name:<22}{acc:>{w}}{r['final_test_loss']:>11.4g}"
             f"{1e3 * r['seconds_per_step']:>10.2f}{1e3 * r['aggregate_seconds_per_step']:>9.2f}"
             f"{1e6 * r['modelled_seconds_per_step']:>10.1f}"
         )
@@ -560,8 +622,20 @@ def _gather(scenario: Scenario, folder: Path, units: list[Unit]) -> dict[Unit, d
             part = folder / "units" / f"{u.key(scenario)}.jsonl"
             lines.append(part.read_bytes())
     runs.atomic_write(folder / "metrics.jsonl", b"".join(lines))
+    runs.atomic_write(folder / "metrics.csv", _csv(b"".join(lines)))
     runs.write_json(folder / "summary.json", summarise(scenario, results))
     return results
+
+
+def _csv(jsonl: bytes) -> str:
+    """metrics.jsonl as CSV: one column per key any line has, empty where a line lacks it."""
+    records = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
 
 
 def run(scenario: Scenario, out: str | None = None, progress: bool = True, jobs: int = 1,
@@ -576,6 +650,7 @@ def run(scenario: Scenario, out: str | None = None, progress: bool = True, jobs:
         device = pick_device(scenario.device)
     except ValueError as err:
         raise ScenarioError(str(err)) from None
+    data = load_data(scenario, device)  # likewise a dataset that cannot be loaded
     folder = runs.usable_folder(output_dir(scenario, out))
     with runs.locked(folder):
         resuming = runs.claim_folder(folder, scenario, resume, force)
@@ -588,7 +663,6 @@ def run(scenario: Scenario, out: str | None = None, progress: bool = True, jobs:
         done = _gather(scenario, folder, units)
         todo = [u for u in units if u not in done]
         if jobs == 1 or len(todo) <= 1:
-            data = load_data(scenario, device) if todo else None
             for u in todo:
                 run_unit(scenario, u, folder, data, progress, resume=resuming)
                 _gather(scenario, folder, units)
@@ -619,7 +693,7 @@ def capture_packets(scenario: Scenario, steps: int = 1, max_packets: int = 5000)
     the per-step AllreduceStats)."""
     w, t = scenario.workers, scenario.training
     device = pick_device(scenario.device)
-    data = datasets.load(scenario.data.dataset, scenario.data.root, scenario.data.download)
+    data = load_data(scenario, torch.device("cpu"))
     torch.manual_seed(scenario.seed)
     model = models.build(scenario.data.model, data.image_shape, data.num_classes).to(device)
     pool = WorkerPool(model, data, w.p, scenario.data.batch, seed=scenario.seed)

@@ -10,7 +10,7 @@ import torch
 from emulator.network import Link, LinkModel
 from host.switch_allreduce import SwitchAllreduce
 from host.transport import UnreliableUplink
-from innet import claims, config, report
+from innet import claims, config, experiment, report
 from innet.cli import main
 
 TINY = ["--steps", "4", "-p", "7", "-f", "1", "--no-progress"]
@@ -299,3 +299,34 @@ def test_report_reads_a_run_cut_short(tmp_path):
         fh.write('{"path": "mean", "step": 5, "train_lo')  # the crash cut this line
     run = report.load_run(out)
     assert len(run.records["mean"]) == 4
+
+
+def test_geometry_matches_a_slow_reference():
+    """The mechanism metrics: pairwise cosines by group, cosines to the honest mean,
+    the update against it, FA's weight share on the Byzantine rows."""
+    rng = np.random.default_rng(4)
+    G = rng.normal(size=(7, 30))
+    G[:2] = rng.uniform(0, 1, size=(2, 30))
+    honest = torch.tensor([False, False, True, True, True, True, True])
+    update = rng.normal(size=30)
+    c = rng.normal(size=7)
+    got = experiment.geometry(torch.from_numpy(G), torch.from_numpy(update), honest,
+                              torch.from_numpy(c))
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    H, B = range(2, 7), range(2)
+    m = G[2:].mean(axis=0)
+    want = {
+        "cos_honest": np.mean([cos(G[i], G[j]) for i in H for j in H if i != j]),
+        "cos_byzantine": cos(G[0], G[1]),
+        "cos_cross": np.mean([cos(G[i], G[j]) for i in B for j in H]),
+        "cos_honest_to_mean": np.mean([cos(G[i], m) for i in H]),
+        "cos_byzantine_to_mean": np.mean([cos(G[i], m) for i in B]),
+        "cos_update_to_mean": cos(update, m),
+        "update_norm_ratio": np.linalg.norm(update) / np.linalg.norm(m),
+        "fa_byzantine_share": sum(abs(c[i]) * np.linalg.norm(G[i]) for i in B)
+        / sum(abs(c[i]) * np.linalg.norm(G[i]) for i in range(7)),
+    }
+    assert got == pytest.approx(want, rel=1e-12)

@@ -46,10 +46,15 @@ def test_batchnorm_models_use_the_loop_and_match():
         torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,)), 10,
     )
     pool = WorkerPool(model, small, p=2, batch=4, seed=0)
-    assert not pool.batched
-    G, _ = pool.gradients()
+    x, y = pool.minibatches()
+    pool.sampler = EpochSampler(len(small.y_train), 0)  # replay the same batches
+    G, losses = pool.gradients()
     assert G.shape == (2, models.num_parameters(model))
-    assert torch.isfinite(G).all()
+    # per-worker batch statistics: each row is that worker's own autograd gradient
+    # (a batched pass over both workers' images would mix their statistics)
+    torch.testing.assert_close(G, reference_gradients(model, x, y), rtol=1e-4, atol=1e-5)
+    mixed = model(x.reshape(-1, *x.shape[2:]))  # one batch-norm over all 8 images
+    assert not torch.allclose(mixed[:4], model(x[0]))
 
 
 def test_resnet18_has_the_cifar_size():
@@ -69,12 +74,33 @@ def test_digits_split(digits):
 
 
 def test_missing_datasets_give_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(datasets.DatasetError, match="unknown dataset"):
         datasets.load("imagenet")
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(datasets.DatasetError, match="root"):
         datasets.load("mnist")
-    with pytest.raises(RuntimeError, match="torchvision|--download"):
+    with pytest.raises(datasets.DatasetError, match="torchvision|--download"):
         datasets.load("mnist", root=str(tmp_path))
+
+
+def test_mnist1d_is_generated_offline_cached_and_shaped(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = datasets.load("mnist1d")
+    assert first.x_train.shape == (4000, 1, 1, 40) and first.x_test.shape == (1000, 1, 1, 40)
+    assert set(first.y_train.tolist()) == set(range(10))
+    cached = list((tmp_path / "innet").glob("mnist1d-*.npz"))
+    assert len(cached) == 1
+    import mnist1d.data
+
+    def never(*a, **k):  # the second load reads the cache; nothing is regenerated
+        raise AssertionError("regenerated")
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", never)
+    again = datasets.load("mnist1d")
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_test, again.y_test)
+    cached[0].write_bytes(b"garbage")  # a damaged cache is regenerated, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert torch.equal(datasets.load("mnist1d").x_train, first.x_train)
 
 
 def test_ps_replaces_nonfinite_rows_and_counts_them():

@@ -156,8 +156,13 @@ def test_offload_runs_the_compiled_irls_where_it_covers_the_setting(attacked_gra
     c2, *_ = python.coefficients(G)
     np.testing.assert_allclose(c1, c2, rtol=0, atol=1e-2 * np.abs(c2).max())
     assert np.abs(c1[:3]).max() < 0.05 * np.abs(c1[3:]).min()
-    _, stats = compiled.aggregate(G)
-    assert stats.control_plane_s > 0 and stats.worker_sketch_s > 0
+    total, stats = compiled.aggregate(G)
+    # the modelled cost of the control plane's part grows as p² k′ and p³, not with n
+    small, wide = OffloadedFA(15, 3, k_prime=256), OffloadedFA(15, 3, k_prime=4096)
+    gram = wide.control_plane_cost(15).flops - small.control_plane_cost(15).flops
+    assert gram == 2 * 15 * 15 * (4096 - 256)  # the integer Gram of the sketches
+    assert wide.control_plane_cost(30).flops > 4 * wide.control_plane_cost(15).flops
+    assert not stats.fallback and np.isfinite(total).all()
 
 
 @pytest.mark.parametrize("via,params", [("switch", {}),

@@ -47,10 +47,25 @@ def get(name: str, **params) -> Aggregator:
         cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(NAMES)}") from None
+    allowed = parameters(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"aggregator {name!r}: unknown parameter {unknown[0]!r}; allowed: "
+                         f"{', '.join(allowed)}")
     try:
         return cls(**params)
     except TypeError as err:
         raise ValueError(f"aggregator {name!r}: {err}") from None
+
+
+def parameters(name: str) -> list[str]:
+    """The hyper-parameters rule ``name`` takes (what a scenario may set)."""
+    import inspect
+
+    sig = inspect.signature(REGISTRY[name].__init__)
+    return [p for p in sig.parameters if p != "self"
+            and sig.parameters[p].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                           inspect.Parameter.KEYWORD_ONLY)]
 
 
 __all__ = [
@@ -63,4 +78,5 @@ __all__ = [
     "REGISTRY",
     "get",
     "nonfinite_rows",
+    "parameters",
 ]
