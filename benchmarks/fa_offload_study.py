@@ -27,9 +27,9 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from host.capture import digits_gradients  # noqa: E402
 from host.fa_offload import OffloadedFA  # noqa: E402
 from innet.aggregators.flag import FlagAggregator  # noqa: E402
-from innet.quant.capture import digits_gradients  # noqa: E402
 
 K_PRIMES = (256, 1024, 4096, 16384)
 WORDS = (12, 16, 20, 24, 32)

@@ -37,9 +37,9 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from host.capture import digits_gradients  # noqa: E402
 from innet import attacks  # noqa: E402
 from innet.aggregators.flag import FlagAggregator  # noqa: E402
-from innet.quant.capture import digits_gradients  # noqa: E402
 from innet.quant.fixed_eigen import (  # noqa: E402
     accurate_bits,
     eigh_bfp,

@@ -49,7 +49,7 @@ from host.switch_allreduce import AllreduceStats, SwitchAllreduce
 from innet.aggregators.base import VALUE_BYTES, Cost
 from innet.aggregators.flag import FlagAggregator, default_m
 from innet.quant.control_plane import OUTPUT_CODES, fa_irls
-from innet.quant.fixed_eigen import torch_eigh
+from innet.quant.fixed_eigen import SOLVERS, torch_eigh
 
 
 class CountSketch:
@@ -116,10 +116,7 @@ class OffloadedFA:
     def __init__(self, p: int, f: int = 0, k_prime: int = 4096, W: int = 24, b: int = 16,
                  solver: str = "bfp", seed: int = 0, switch: SwitchAllreduce | None = None,
                  defences: bool = True, tol: float = 0.02, check_buckets: int = 256, **fa_params):
-        if not 2 <= b <= 31:
-            raise ValueError(f"sketch bits b must be in 2..31, got {b}")
-        if k_prime < 1:
-            raise ValueError(f"k_prime must be >= 1, got {k_prime}")
+        self.check_params(k_prime, W, b, solver)
         self.p, self.f, self.k_prime, self.W, self.b = p, f, k_prime, W, b
         self.seed, self.defences, self.tol = seed, defences, tol
         self.check_buckets = min(check_buckets, k_prime)
@@ -137,6 +134,19 @@ class OffloadedFA:
         self.last_c: np.ndarray | None = None
         #: optional f(V, honest c, sketch) -> V: what Byzantine workers send in phase 2
         self.phase2_attack = None
+
+    @staticmethod
+    def check_params(k_prime: int, W: int, b: int, solver: str) -> None:
+        """The offload's own parameters, checked; the ValueError's message starts with
+        the parameter's name (scenario validation reports it under that key)."""
+        if not isinstance(k_prime, int) or k_prime < 1:
+            raise ValueError(f"k_prime: the sketch size must be an integer >= 1, got {k_prime!r}")
+        if not isinstance(W, int) or not 12 <= W <= 32:
+            raise ValueError(f"W: the eigensolver's word length must be in 12..32, got {W!r}")
+        if not isinstance(b, int) or not 2 <= b <= 31:
+            raise ValueError(f"b: sketch bits must be in 2..31, got {b!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
 
     def worker_cost(self, n: int) -> Cost:
         """Modelled cost of one worker's phase-1 work on its n values: the norm pass,

@@ -19,7 +19,7 @@ import ast
 import operator
 from typing import Any
 
-from innet.config import ScenarioError
+from innet.errors import ScenarioError
 
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.Div: operator.truediv}

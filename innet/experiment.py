@@ -352,6 +352,8 @@ class _Trainer:
         self.attack_gen = torch.Generator().manual_seed(scenario.seed + 2)
         rule_params = (split_offload_params(path.params)[1] if path.via == "offload"
                        else path.params)
+        if "bucketing" in path.rule.split("+")[:-1]:  # its permutations follow the seed
+            rule_params = {"seed": scenario.seed, **rule_params}
         self.rule = aggregators.get(path.rule, **{"f": w.f, **rule_params})
         warm_up(self.rule, w.p, device)
         self.ps = ParameterServer(self.model, self.rule, t.lr, t.momentum, t.weight_decay,

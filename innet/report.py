@@ -117,7 +117,10 @@ def title_of(s: Scenario) -> str:
     """A figure title from the resolved scenario (flags included)."""
     w, d = s.workers, s.data
     attack = f", f={w.f} {w.attack}" if w.f else ", f=0"
-    return f"{s.name}: {d.dataset}, p={w.p}{attack}"
+    params = (" (" + ", ".join(f"{k}={config.fmt(v)}" for k, v in w.attack_params.items())
+              + ")") if w.f and w.attack_params else ""
+    base = s.name.split("/")[0]
+    return f"{base}: {d.dataset}, p={w.p}{attack}{params}"
 
 
 def describe(s: Scenario) -> str:
@@ -226,8 +229,8 @@ def run_figures(runs: list[tuple[str, list[dict[str, Any]]]], folder: Path,
         if fallbacks:
             a1.plot(fallbacks, [0.01] * len(fallbacks), "|", color=st["color"], ms=8)
             marked = True
-    a1.set(xlabel="step", ylabel="test accuracy", title=f"{title}: accuracy vs step",
-           ylim=(0, 1))
+    fig.suptitle(title, fontsize=10)
+    a1.set(xlabel="step", ylabel="test accuracy", title="accuracy vs step", ylim=(0, 1))
     a2.set(xlabel="modelled aggregation time (ms, log)", ylabel="test accuracy",
            title="time to accuracy (emulator.timing)", ylim=(0, 1))
     if a2.lines:
@@ -271,7 +274,7 @@ def run_figures(runs: list[tuple[str, list[dict[str, Any]]]], folder: Path,
         ax.set_yscale("log")
     if kept_max > 0 and diverged_labels:
         ax.set_ylim(top=2 * kept_max)
-    ax.set(xlabel="step", ylabel="training loss (honest workers)", title=f"{title}: loss")
+    ax.set(xlabel="step", ylabel="training loss (honest workers)", title=f"{title}\nloss")
     _legend_outside(ax)
     note = (f" Diverged (loss non-finite or > {DIVERGED:g}× the median path's): "
             f"{', '.join(diverged_labels)}, cut where it happened and marked ×."
@@ -293,7 +296,7 @@ def run_figures(runs: list[tuple[str, list[dict[str, Any]]]], folder: Path,
                 ax.text(min(a + e + 0.01, 0.98), y, f"{a:.3f}" + (f" ± {e:.3f}" if many else ""),
                         va="center", fontsize=7)
             ax.set_yticks(ypos, names, fontsize=8)
-            ax.set(xlim=(0, 1), xlabel="final test accuracy", title=f"{title}: final accuracy")
+            ax.set(xlim=(0, 1), xlabel="final test accuracy", title=f"{title}\nfinal accuracy")
             out.append(("Final test accuracy" + (" (mean ± sd over seeds)" if many else "")
                         + ".", _save(fig, folder / "final_accuracy.png")))
 
@@ -496,8 +499,14 @@ def _tick(value: Any, sep: str = ", ", grid: list | None = None) -> str:
         others = [v for v in grid or [] if isinstance(v, dict)]
         items = [(k, v) for k, v in value.items()
                  if not others or any(o.get(k) != v for o in others)]
-        return sep.join(f"{k}={config._fmt(v)}" for k, v in items) or "base"
-    return config._fmt(value)
+
+        def show(k, v):
+            if isinstance(v, dict):  # a nested table: its fields, not its name
+                return ", ".join(f"{a}={config.fmt(b)}" for a, b in v.items())
+            return f"{k}={config.fmt(v)}"
+
+        return sep.join(show(k, v) for k, v in items) or "base"
+    return config.fmt(value)
 
 
 def write_sweep_report(folder: str | Path, point_reports: bool = True) -> Path:
@@ -560,7 +569,7 @@ def write_sweep_report(folder: str | Path, point_reports: bool = True) -> Path:
         ax.set_xticks(range(len(ticks)), [_tick(t, "\n", ticks) for t in ticks], fontsize=7)
     elif _wide(ticks):
         ax.set_xscale("symlog", linthresh=min(v for v in ticks if v > 0))
-        ax.set_xticks(ticks, [config._fmt(t) for t in ticks])
+        ax.set_xticks(ticks, [config.fmt(t) for t in ticks])
     elif all(isinstance(v, int) for v in xs_all):
         ax.set_xticks(ticks)
     ax.set(xlabel=x, ylabel="final test accuracy", ylim=(0, 1),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from host.capture import digits_gradients
 from host.fa_offload import (
     CountSketch,
     OffloadedFA,
@@ -14,7 +15,6 @@ from host.fa_offload import (
 )
 from innet import config, experiment
 from innet.aggregators.flag import FlagAggregator
-from innet.quant.capture import digits_gradients
 from p4_models import phase2_guard, sketch_store, streaming_sum, tofino1, tofino2
 
 
