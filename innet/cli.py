@@ -210,12 +210,17 @@ def _add_report(sub) -> None:
         "sweep folder (sweep.json) and write report.md with PNG figures into it.",
     )
     p.add_argument("folder", help="a run or sweep output folder")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to FOLDER/tensorboard/ (a run "
+                   "folder; needs the tensorboard package)")
 
 
 def cmd_report(args) -> int:
     from innet import report
 
     print(f"report: {report.write_report(args.folder)}")
+    if args.tensorboard:
+        print(f"tensorboard: {report.write_tensorboard(args.folder)}")
     return 0
 
 

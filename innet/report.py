@@ -697,6 +697,32 @@ def _fa_lines(scenario: Scenario, points) -> list[str]:
     return lines
 
 
+def write_tensorboard(folder: str | Path) -> Path:
+    """TensorBoard event files of a run folder's metrics, one run per path and seed,
+    under ``folder/tensorboard/`` (``tensorboard --logdir folder/tensorboard``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunFolderError("--tensorboard needs the tensorboard package: pip install "
+                             "tensorboard (or pip install 'innet[tensorboard]')") from None
+    run = load_run(folder)
+    out = run.folder / "tensorboard"
+    skip = {"path", "seed", "step"}
+    for path, records in run.records.items():
+        for seed in sorted({r.get("seed", 0) for r in records}):
+            name = f"{path}-s{seed}".replace("/", "_").replace(":", "_")
+            writer = SummaryWriter(str(out / name))
+            for r in records:
+                if r.get("seed", 0) != seed:
+                    continue
+                for key, value in r.items():
+                    if key not in skip and isinstance(value, int | float) and not isinstance(
+                            value, bool):
+                        writer.add_scalar(key, value, r["step"])
+            writer.close()
+    return out
+
+
 def write_report(folder: str | Path) -> Path:
     """The report of a run or a sweep folder (whichever it is)."""
     folder = Path(folder)

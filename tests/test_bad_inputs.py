@@ -145,3 +145,17 @@ def test_a_run_folder_held_by_another_run_is_refused(tmp_path, capsys):
             env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
     assert code.returncode == 2 and "another run is writing" in code.stderr
     assert not (out / "config.toml").exists()
+
+
+def test_tensorboard_export_or_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, "--out", str(out)]) == 0
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert main(["report", str(out), "--tensorboard"]) == 2
+        _one_line_error(capsys, "pip install tensorboard")
+        return
+    assert main(["report", str(out), "--tensorboard"]) == 0
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
