@@ -330,8 +330,9 @@ def _add_inspect(sub) -> None:
         description="Stages, stateful ALUs, SRAM, parsed bytes and recirculations of a "
         "p4_models program on a target, and whether it fits.",
     )
-    p.add_argument("program", choices=["streaming_sum", "sketch_store", "phase2_guard"],
-                   help="switch program")
+    from p4_models import PROGRAMS
+
+    p.add_argument("program", choices=list(PROGRAMS), help="switch program")
     p.add_argument("--target", default="tofino1", choices=["tofino1", "tofino2"])
     p.add_argument("-k", type=int, default=64, help="int32 values per packet (default 64)")
     p.add_argument("--pool", type=int, default=512, help="slots per shadow set (default 512)")
@@ -342,7 +343,7 @@ def _add_inspect(sub) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from p4_models import TARGETS, phase2_guard, sketch_store, streaming_sum
+    from p4_models import PROGRAMS, TARGETS
 
     for flag, value in (("-k", args.k), ("--pool", args.pool), ("-p", args.p),
                         ("--k-prime", args.k_prime)):
@@ -351,9 +352,8 @@ def cmd_inspect(args) -> int:
     if args.program == "sketch_store" and args.k_prime % args.k:
         raise config.ScenarioError(f"inspect --k-prime: must be a multiple of -k ({args.k}), "
                                    f"got {args.k_prime}")
-    program = {"streaming_sum": lambda: streaming_sum(args.k, args.pool),
-               "sketch_store": lambda: sketch_store(args.p, args.k_prime, args.k),
-               "phase2_guard": lambda: phase2_guard(args.p, args.k)}[args.program]()
+    build, _ = PROGRAMS[args.program]
+    program = build(args.k, args.pool, args.p, args.k_prime)
     report = program.report(TARGETS[args.target])
     print(report)
     return 0 if report.fits else 1

@@ -28,6 +28,7 @@ The per-packet decision is the const-entries table below, keyed on
 
 from __future__ import annotations
 
+from innet import protocol
 from p4_models.program import Program, Register, RegisterAction, Stage
 
 # action codes shared with the emulator's kernel
@@ -56,7 +57,7 @@ DECISION_TABLE = {
 }
 
 ETH_IP_UDP_BYTES = 14 + 20 + 8
-HEADER_BYTES = 16
+HEADER_BYTES = protocol.HEADER_BYTES  # declared once, in innet.protocol.header.FIELDS
 
 
 def streaming_sum(k: int = 64, pool_size: int = 512) -> Program:

@@ -46,3 +46,21 @@ def test_pcap_round_trip(tmp_path):
     packets = encode(h, np.arange(16, dtype=np.int32).reshape(2, k))
     write_pcap(str(tmp_path / "a.pcap"), packets)
     assert read_pcap(str(tmp_path / "a.pcap"), k).tobytes() == packets.tobytes()
+
+
+def test_one_field_list_declares_the_header():
+    """FIELDS is the only place a header field is named: scapy's layer, the numpy
+    record and the sizes all come from it."""
+    from innet.protocol import header
+
+    scapy_names = [f.name for f in InnetAgg.fields_desc]
+    declared = [n for f in header.FIELDS for n in ([p for p, _ in f.parts] or [f.name])]
+    assert scapy_names == declared + ["values"]
+    dtype = packet_dtype(3)
+    assert list(dtype.names) == [f.name for f in header.FIELDS] + ["values"]
+    assert dtype.itemsize == header.HEADER_BYTES + 12 == 16 + 12
+    assert header.NATIVE == tuple(declared)
+    from p4_models.switchml_sum import HEADER_BYTES
+
+    assert HEADER_BYTES == header.HEADER_BYTES
+    assert "packet_id" in header.__doc__ and "shadow set" in header.__doc__

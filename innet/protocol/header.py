@@ -1,21 +1,18 @@
 """Aggregation packet header, after UDP on ports 0xBEE0–0xBEEF (SwitchML's range,
 REFERENCE §4.1).
 
-    0       job             u8    job id (selects the slot pool)
-    1       worker          u8    worker id, 0..31 (one bit of the 32-bit bitmap)
-    2..5    step            u32   training step
-    6..9    packet_id       u32   chunk number within the step (offset = id·k)
-    10..11  pool            u16   bit 15: shadow set; bits 0..14: slot (pool index)
-    12      flags           u8    FIRST, LAST, RETRANSMIT, RESULT, OVERFLOW, FALLBACK, PHASE
-    13      exponent        i8    block exponent (2^e bounds |x|), maxed by the switch
-    14..15  count           u16   number of int32 values that follow
-    16..    values          i32[count], big-endian
+:data:`FIELDS` is the one declaration of the header: the scapy layer
+(:class:`InnetAgg`: specification, pretty-printer, pcap), the numpy record of the hot
+path (:func:`packet_dtype`), :data:`HEADER_BYTES`, :func:`encode` / :func:`decode`
+and the table below are all generated from it, so a field is named once. All
+multi-byte fields are big-endian (network order); tests check the numpy record
+byte-for-byte against scapy both ways.
 
-All multi-byte fields are big-endian (network order). ``packet_dtype(k)`` is the numpy
-record of one packet carrying k values; tests check it byte-for-byte against scapy.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scapy.fields import (
@@ -25,6 +22,7 @@ from scapy.fields import (
     FieldListField,
     FlagsField,
     IntField,
+    ShortField,
     SignedByteField,
     SignedIntField,
 )
@@ -33,7 +31,45 @@ from scapy.packet import Packet, bind_layers
 
 PORT_MIN, PORT_MAX = 0xBEE0, 0xBEEF
 FLAGS = ("FIRST", "LAST", "RETRANSMIT", "RESULT", "OVERFLOW", "FALLBACK", "PHASE", "SPARE")
-HEADER_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field: ``bits`` wide (8, 16 or 32), unsigned unless ``signed``;
+    ``parts`` splits a word into bit fields (most significant first); ``flags`` names
+    its bits; ``count_of`` makes it the length of the int32 payload."""
+
+    name: str
+    bits: int
+    doc: str
+    signed: bool = False
+    parts: tuple[tuple[str, int], ...] = ()
+    flags: tuple[str, ...] = ()
+    count_of: str = ""
+
+    @property
+    def numpy(self) -> str:
+        kind = "i" if self.signed else "u"
+        return f"{'' if self.bits == 8 else '>'}{kind}{self.bits // 8}"
+
+
+#: the header, in wire order
+FIELDS = (
+    Field("job", 8, "job id (selects the slot pool)"),
+    Field("worker", 8, "worker id, 0..31 (one bit of the 32-bit bitmap)"),
+    Field("step", 32, "training step"),
+    Field("packet_id", 32, "chunk number within the step (offset = id·k)"),
+    Field("pool", 16, "bit 15: shadow set; bits 0..14: slot (pool index)",
+          parts=(("shadow", 1), ("slot", 15))),
+    Field("flags", 8, " | ".join(FLAGS[:-1]), flags=FLAGS),
+    Field("exponent", 8, "block exponent (2^e bounds |x|), maxed by the switch", signed=True),
+    Field("count", 16, "number of int32 values that follow", count_of="values"),
+)
+#: the payload after the header: int32 values, big-endian
+PAYLOAD = ("values", ">i4")
+HEADER_BYTES = sum(f.bits for f in FIELDS) // 8
+#: the native (host) fields encode() takes and decode() gives: parts replace their word
+NATIVE = tuple(name for f in FIELDS for name in ([p for p, _ in f.parts] or [f.name]))
 
 
 def flag(*names: str) -> int:
@@ -41,23 +77,26 @@ def flag(*names: str) -> int:
     return sum(1 << FLAGS.index(n) for n in names)
 
 
+def _scapy_fields(field: Field) -> list:
+    if field.parts:
+        return [BitField(name, 0, width) for name, width in field.parts]
+    if field.flags:
+        return [FlagsField(field.name, 0, field.bits, list(field.flags))]
+    if field.count_of:
+        return [FieldLenField(field.name, None, count_of=field.count_of,
+                              fmt={8: "!B", 16: "!H", 32: "!I"}[field.bits])]
+    kinds = {(8, False): ByteField, (8, True): SignedByteField, (16, False): ShortField,
+             (32, False): IntField, (32, True): SignedIntField}
+    return [kinds[(field.bits, field.signed)](field.name, 0)]
+
+
 class InnetAgg(Packet):
-    """The aggregation header and its int32 payload (scapy layer)."""
+    """The aggregation header and its int32 payload (scapy layer, from FIELDS)."""
 
     name = "InnetAgg"
-    fields_desc = [
-        ByteField("job", 0),
-        ByteField("worker", 0),
-        IntField("step", 0),
-        IntField("packet_id", 0),
-        BitField("shadow", 0, 1),
-        BitField("slot", 0, 15),
-        FlagsField("flags", 0, 8, list(FLAGS)),
-        SignedByteField("exponent", 0),
-        FieldLenField("count", None, count_of="values", fmt="!H"),
-        FieldListField("values", [], SignedIntField("", 0), count_from=lambda pkt: pkt.count,
-                       max_count=65535),
-    ]
+    fields_desc = [f for field in FIELDS for f in _scapy_fields(field)] + [
+        FieldListField(PAYLOAD[0], [], SignedIntField("", 0),
+                       count_from=lambda pkt: pkt.count, max_count=65535)]
 
 
 for _port in range(PORT_MIN, PORT_MAX + 1):
@@ -66,51 +105,59 @@ for _port in range(PORT_MIN, PORT_MAX + 1):
 
 def packet_dtype(k: int) -> np.dtype:
     """numpy record of one packet with k values, in wire byte order (packed)."""
-    return np.dtype(
-        [
-            ("job", "u1"),
-            ("worker", "u1"),
-            ("step", ">u4"),
-            ("packet_id", ">u4"),
-            ("pool", ">u2"),
-            ("flags", "u1"),
-            ("exponent", "i1"),
-            ("count", ">u2"),
-            ("values", ">i4", (k,)),
-        ]
-    )
+    return np.dtype([(f.name, f.numpy) for f in FIELDS] + [(PAYLOAD[0], PAYLOAD[1], (k,))])
 
 
 def encode(header: dict[str, np.ndarray], values: np.ndarray) -> np.ndarray:
-    """Packets in wire format from native arrays. ``header`` holds job, worker, step,
-    packet_id, shadow, slot, flags, exponent (each shape (N,)); values is (N, k)."""
+    """Packets in wire format from native arrays. ``header`` holds every field of
+    :data:`NATIVE` (each shape (N,); ``count`` defaults to k); values is (N, k)."""
     N, k = values.shape
     out = np.empty(N, dtype=packet_dtype(k))
-    for name in ("job", "worker", "step", "packet_id", "flags", "exponent"):
-        out[name] = header[name]
-    out["pool"] = (np.asarray(header["shadow"], np.uint16) << 15) | np.asarray(
-        header["slot"], np.uint16
-    )
-    out["count"] = header.get("count", k)
-    out["values"] = values
+    for field in FIELDS:
+        if field.parts:
+            word = np.zeros(N, dtype=np.uint64)
+            shift = field.bits
+            for name, width in field.parts:
+                shift -= width
+                part = np.asarray(header[name], dtype=np.uint64) & ((1 << width) - 1)
+                word |= part << np.uint64(shift)
+            out[field.name] = word
+        elif field.count_of:
+            out[field.name] = header.get(field.name, k)
+        else:
+            out[field.name] = header[field.name]
+    out[PAYLOAD[0]] = values
     return out
 
 
 def decode(packets: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Native header arrays and (N, k) int32 values from wire-format packets."""
-    header = {
-        name: packets[name].astype(dtype)
-        for name, dtype in (
-            ("job", np.int32),
-            ("worker", np.int32),
-            ("step", np.int64),
-            ("packet_id", np.int64),
-            ("flags", np.int32),
-            ("exponent", np.int32),
-            ("count", np.int32),
-        )
-    }
-    pool = packets["pool"].astype(np.int32)
-    header["shadow"] = pool >> 15
-    header["slot"] = pool & 0x7FFF
-    return header, packets["values"].astype(np.int32)
+    """Native header arrays (int32, or int64 for 32-bit unsigned fields) and the
+    (N, k) int32 values of wire-format packets."""
+    header = {}
+    for field in FIELDS:
+        native = np.int64 if field.bits == 32 and not field.signed else np.int32
+        word = packets[field.name].astype(np.int64 if field.parts else native)
+        if field.parts:
+            shift = field.bits
+            for name, width in field.parts:
+                shift -= width
+                header[name] = ((word >> shift) & ((1 << width) - 1)).astype(np.int32)
+        else:
+            header[field.name] = word
+    return header, packets[PAYLOAD[0]].astype(np.int32)
+
+
+def describe() -> str:
+    """The header as a table (offset, field, type, meaning), from FIELDS."""
+    rows, offset = [], 0
+    for field in FIELDS:
+        size = field.bits // 8
+        where = f"{offset}" if size == 1 else f"{offset}..{offset + size - 1}"
+        kind = f"{'i' if field.signed else 'u'}{field.bits}"
+        rows.append(f"    {where:<8}{field.name:<16}{kind:<6}{field.doc}")
+        offset += size
+    rows.append(f"    {f'{offset}..':<8}{PAYLOAD[0]:<16}{'i32[count]':<12}big-endian")
+    return "\n".join(rows)
+
+
+__doc__ += describe() + "\n"
