@@ -249,3 +249,18 @@ def test_parallel_children_die_with_their_parent(tmp_path):
         for c in _descendants(proc.pid):
             os.kill(c, signal.SIGKILL)
         proc.kill()
+
+
+def test_report_on_a_partial_run_names_what_is_missing(tmp_path, monkeypatch):
+    from innet import report
+
+    s = config.from_dict({"workers": {"p": 7, "f": 1}, "seeds": [0, 1],
+                          "training": {"steps": 6, "eval_every": 3},
+                          "paths": [{"rule": "mean"}, {"rule": "median"}]})
+    with monkeypatch.context() as m:
+        _kill_at(m, "median", 2)
+        with pytest.raises(KeyboardInterrupt):
+            experiment.run(s, str(tmp_path / "cut"), progress=False)
+    md = report.write_run_report(tmp_path / "cut").read_text()
+    assert "Partial run" in md and "median (seed 0)" in md and "median (seed 1)" in md
+    assert "| mean |" in md and "--resume" in md
