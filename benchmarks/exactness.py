@@ -1,7 +1,8 @@
 """Randomised exactness campaign: every sum the in-network path returns is exact (to
 quantisation) or came from a counted fallback — never silently wrong.
 
-    python benchmarks/exactness.py                  # 10 000 allreduce + 2 000 replay trials
+    python benchmarks/exactness.py                  # 10 000 allreduce + 2 000 replay
+                                                    # trials, 100 000 fuzzed packets
     python benchmarks/exactness.py --trials 500 --replay-trials 200 --seed 7
 
 Two parts, each drawn from one seeded generator:
@@ -17,8 +18,16 @@ Two parts, each drawn from one seeded generator:
   earlier steps' packets (late duplicates and replays) and with shadow-bit toggles;
   every multicast result must equal the exact sum of its use's contributions.
 
+* **fuzzing** (the switch program on raw frames): 100 000 frames, each a packet with
+  exactly one parser or access check broken (count, RESULT flag, job, worker, ingress
+  port, slot), a frame of the wrong length, or random bytes; switches of random p, k,
+  pool and job. No exception may escape; every broken packet is counted under its
+  reason; a batch of only broken packets leaves every register unchanged.
+
 The last line is JSON: ``allreduce_trials``, ``replay_trials``, ``silent_wrong``
-(both parts), ``fallback_chunks``, ``stale_dropped``, ``duplicates_dropped``, seconds.
+(both parts), ``fallback_chunks``, ``stale_dropped``, ``duplicates_dropped``,
+``fuzzed_packets``, ``fuzz_exceptions``, ``fuzz_miscounted_batches``,
+``fuzz_registers_changed_by_invalid``, seconds.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import numpy as np  # noqa: E402
 from emulator.network import LinkModel  # noqa: E402
 from emulator.switch import MULTICAST, SumSwitch  # noqa: E402
 from host.switch_allreduce import SwitchAllreduce  # noqa: E402
-from innet.protocol import encode, packet_dtype  # noqa: E402
+from innet.protocol import encode, flag, packet_dtype  # noqa: E402
 from innet.quant import chunk_exponents, scale_of  # noqa: E402
 
 
@@ -139,10 +148,102 @@ def replay_trial(rng: np.random.Generator, k: int = 2) -> tuple[int, int, int]:
     return wrong, counts["stale"], counts["duplicate"]
 
 
+#: the parser's checks in order, and how a fuzzer breaks each (field, bad value)
+FUZZ_CASES = ("malformed_count", "malformed_result_flag", "unknown_job", "worker_out_of_range",
+              "wrong_ingress_port", "slot_out_of_range", "frame_length", "random_frame")
+
+
+def fuzz_batch(rng: np.random.Generator, sw: SumSwitch, n: int
+               ) -> tuple[list[bytes], np.ndarray, dict[str, int]]:
+    """n fuzzed frames for ``sw``: each is a well-formed packet with exactly one check
+    broken (so its drop reason is known), a frame of the wrong length, or random bytes
+    of the right length. Returns (frames, ingress ports, expected drops by reason; the
+    random frames' reasons are not predicted)."""
+    p, k, pool = sw.p, sw.k, sw.pool_size
+    frames, ports = [], []
+    expected = {name: 0 for name in ("malformed", "unknown_job", "worker_out_of_range",
+                                     "wrong_ingress_port", "slot_out_of_range")}
+    size = packet_dtype(k).itemsize
+    for _ in range(n):
+        case = FUZZ_CASES[int(rng.integers(len(FUZZ_CASES)))]
+        w = int(rng.integers(p))
+        h = {"job": sw.job, "worker": w, "step": int(rng.integers(2**32)),
+             "packet_id": int(rng.integers(2**32)), "shadow": int(rng.integers(2)),
+             "slot": int(rng.integers(pool)), "flags": 0,
+             "exponent": int(rng.integers(-128, 128)), "count": k}
+        port = w
+        if case == "malformed_count":
+            h["count"] = int(rng.choice([0, k - 1, k + 1, 65535])) if k > 1 else 0
+            expected["malformed"] += 1
+        elif case == "malformed_result_flag":
+            h["flags"] = int(rng.integers(256)) | flag("RESULT")
+            expected["malformed"] += 1
+        elif case == "unknown_job":
+            h["job"] = (sw.job + 1 + int(rng.integers(255))) % 256
+            expected["unknown_job"] += 1
+        elif case == "worker_out_of_range":
+            h["worker"] = int(rng.integers(p, 256))
+            port = int(rng.integers(0, 64))
+            expected["worker_out_of_range"] += 1
+        elif case == "wrong_ingress_port":
+            port = (w + 1 + int(rng.integers(63))) % 64
+            if port == w:
+                port = w + 64
+            expected["wrong_ingress_port"] += 1
+        elif case == "slot_out_of_range":
+            h["slot"] = int(rng.integers(pool, 2**15))
+            expected["slot_out_of_range"] += 1
+        if case == "frame_length":
+            length = int(rng.integers(0, 2 * size))
+            frames.append(rng.bytes(length if length != size else size + 1))
+            expected["malformed"] += 1
+        elif case == "random_frame":
+            frames.append(rng.bytes(size))
+        else:
+            values = rng.integers(-(2**31), 2**31, size=(1, k)).astype(np.int32)
+            frames.append(encode({key: np.array([v]) for key, v in h.items()},
+                                 values).tobytes())
+        ports.append(port)
+    return frames, np.array(ports, dtype=np.int32), expected
+
+
+def fuzz(rng: np.random.Generator, packets: int) -> dict[str, int]:
+    """``packets`` fuzzed frames through the switch program in batches: no exception
+    may escape, every invalid packet is dropped and counted under the reason it
+    breaks, and batches of invalid packets leave every register as it was."""
+    exceptions = miscounted = registers_changed = sent = 0
+    while sent < packets:
+        p = int(rng.integers(1, 33))
+        k = int(rng.choice([1, 2, 8, 64]))
+        sw = SumSwitch(p, k, int(rng.integers(1, 65)), job=int(rng.integers(256)))
+        n = min(int(rng.integers(1, 400)), packets - sent)
+        frames, ports, expected = fuzz_batch(rng, sw, n)
+        before = [r.copy() for r in (sw.bitmap, sw.use, sw.counter, sw.exponent,
+                                     sw.overflow, sw.values)]
+        try:
+            sw.process_bytes(frames, ports)
+        except Exception:  # noqa: BLE001 - the point is that nothing escapes
+            exceptions += 1
+        drops = sw.drop_counts()
+        if any(drops[name] < count for name, count in expected.items()):
+            miscounted += 1
+        if sum(expected.values()) == n:  # nothing valid in the batch, nor random
+            after = (sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values)
+            if any(not np.array_equal(a, b) for a, b in zip(before, after)):
+                registers_changed += 1
+            if sum(drops.values()) != n:
+                miscounted += 1
+        sent += n
+    return {"fuzzed_packets": sent, "fuzz_exceptions": exceptions,
+            "fuzz_miscounted_batches": miscounted,
+            "fuzz_registers_changed_by_invalid": registers_changed}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--replay-trials", type=int, default=2_000)
+    ap.add_argument("--fuzz-packets", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -161,14 +262,19 @@ def main() -> None:
         replay_wrong += w
         stale += s
         dups += d
+    fuzzed = fuzz(rng, args.fuzz_packets)
     seconds = time.perf_counter() - start
+    print(f"fuzz:      {fuzzed['fuzzed_packets']} packets, {fuzzed['fuzz_exceptions']} "
+          f"exceptions, {fuzzed['fuzz_miscounted_batches']} batches with drops miscounted, "
+          f"{fuzzed['fuzz_registers_changed_by_invalid']} register files changed by invalid "
+          "packets")
     print(f"allreduce: {args.trials} trials, {wrong} silent wrong values, {fallbacks} "
           f"counted fallback chunks")
     print(f"replays:   {args.replay_trials} trials, {replay_wrong} wrong results, {stale} "
           f"stale and {dups} duplicate packets dropped")
     print(json.dumps({"allreduce_trials": args.trials, "replay_trials": args.replay_trials,
                       "silent_wrong": wrong + replay_wrong, "fallback_chunks": fallbacks,
-                      "stale_dropped": stale, "duplicates_dropped": dups,
+                      "stale_dropped": stale, "duplicates_dropped": dups, **fuzzed,
                       "seconds": seconds}))
 
 

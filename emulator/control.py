@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from emulator.switch import SumSwitch
+from emulator.switch import SumSwitch, allocate_registers
 from p4_models import Target, tofino1
 
 
@@ -35,12 +33,9 @@ class ControlPlane:
         n = self.total
         # job pools are contiguous: slot s of the switch owns rows 2s (set 0), 2s+1 (set 1)
         # through each job's view, laid out as [its set-0 slots | its set-1 slots]
-        self.bitmap = np.zeros(n, np.uint64)
-        self.use = np.zeros((n, 2), np.int64)
-        self.counter = np.zeros(2 * n, np.int32)
-        self.exponent = np.zeros(2 * n, np.int32)
-        self.overflow = np.zeros(2 * n, np.uint8)
-        self.values = np.zeros((2 * n, k), np.int32)
+        # one register file, allocated from the program's declaration
+        (self.bitmap, self.use, self.counter, self.exponent, self.overflow,
+         self.values) = allocate_registers(n, k)
         self.leases: dict[int, Lease] = {}
 
     def free_runs(self) -> list[tuple[int, int]]:

@@ -75,8 +75,8 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
     -1 = dropped (counted in drops[lane] by reason). Shared by the batch pipeline below and
     the compiled allreduce rounds in host.switch_allreduce."""
     # parser and access checks: count every drop, never raise
-    if count != k or (flags & F_RESULT) != 0:
-        drops[lane, MALFORMED] += 1
+    if count != k or (flags & F_RESULT) != 0 or exponent < -128 or exponent > 127:
+        drops[lane, MALFORMED] += 1  # (the exponent register is the header's 8 bits)
         return -1, 0
     if job != job_id:
         drops[lane, UNKNOWN_JOB] += 1
@@ -217,15 +217,29 @@ def _collect(kind_of, row_of, worker, slot, shadow, out_exp, out_ovf, out_values
     return kind, w, s, v, exp, ovf, values
 
 
+#: the streaming sum's registers in the order the pipeline takes them
+REGISTER_ORDER = ("bitmap", "use", "counter", "exponent", "overflow", "values")
+
+
 def allocate_registers(pool_size: int, k: int) -> tuple:
-    """Zeroed registers of the streaming sum for ``pool_size`` slots per shadow set:
-    (bitmap, use, counter, exponent, overflow, values); set v of slot s is row
-    v·pool + s, except in the bitmap (one entry per slot) and the use keys (pool, 2)."""
-    slots = 2 * pool_size
-    return (np.zeros(pool_size, dtype=np.uint64), np.zeros((pool_size, 2), dtype=np.int64),
-            np.zeros(slots, dtype=np.int32),
-            np.zeros(slots, dtype=np.int32), np.zeros(slots, dtype=np.uint8),
-            np.zeros((slots, k), dtype=np.int32))
+    """Zeroed registers of the streaming sum for ``pool_size`` slots per shadow set,
+    allocated from the program's declaration (:func:`p4_models.streaming_sum`): each
+    entry exactly its declared width and signedness, as many entries as declared.
+    Returned in :data:`REGISTER_ORDER`. Set v of slot s is row v·pool + s, except in
+    the bitmap (one entry per slot, both sets' bits) and the use keys, laid out
+    (pool, 2) so that a slot's two keys share a cache line."""
+    declared = {reg.name: reg for stage in streaming_sum(k, pool_size).stages
+                for reg in stage.registers}
+    out = []
+    for name in REGISTER_ORDER:
+        reg = declared[name]
+        shape: tuple[int, ...] = (reg.depth,)
+        if name == "values":  # one row of k lanes per slot set, even for k = 1
+            shape = (reg.depth, reg.lanes)
+        if name == "use":
+            shape = (pool_size, 2)
+        out.append(np.zeros(shape, dtype=reg.dtype))
+    return tuple(out)
 
 
 def default_lanes() -> int:

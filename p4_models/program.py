@@ -26,6 +26,14 @@ class Register:
     width: int  #: bits per entry
     depth: int  #: entries
     lanes: int = 1  #: entries updated in parallel by separate ALUs (one per lane group)
+    signed: bool = False  #: two's complement entries (the emulator's numpy dtype follows)
+
+    @property
+    def dtype(self):
+        """The numpy dtype an emulator holds one entry in: exactly ``width`` bits."""
+        import numpy as np
+
+        return np.dtype(f"{'i' if self.signed else 'u'}{self.width // 8}")
 
     def __post_init__(self):
         if self.width not in (8, 16, 32, 64):

@@ -69,17 +69,17 @@ def streaming_sum(k: int = 64, pool_size: int = 512) -> Program:
         raise ValueError(f"pool_size must be >= 1, got {pool_size}")
     slots = 2 * pool_size
     stages = (
-        Stage("UseCheck", (Register("use", 64, slots),),
+        Stage("UseCheck", (Register("use", 64, slots, signed=True),),
               (RegisterAction("compare_and_advance", "use", ("compare", "write", "read")),)),
         Stage("UpdateAndCheckWorkerBitmap", (Register("bitmap", 64, pool_size),),
               (RegisterAction("set_mine_clear_other", "bitmap", ("or", "andnot", "read")),)),
-        Stage("WorkersCounter", (Register("counter", 32, slots),),
+        Stage("WorkersCounter", (Register("counter", 32, slots, signed=True),),
               (RegisterAction("count", "counter", ("add", "compare", "write")),)),
-        Stage("Exponents", (Register("exponent", 8, slots),),
+        Stage("Exponents", (Register("exponent", 8, slots, signed=True),),
               (RegisterAction("max_exponent", "exponent", ("max", "write", "read")),)),
         Stage("OverflowFlag", (Register("overflow", 8, slots),),
               (RegisterAction("sticky_or", "overflow", ("or", "write", "read")),)),
-        Stage("Processor", (Register("values", 32, slots, lanes=k),),
+        Stage("Processor", (Register("values", 32, slots, lanes=k, signed=True),),
               (RegisterAction("sat_accumulate", "values", ("sat_add", "write", "read")),)),
     )
     return Program(

@@ -534,3 +534,31 @@ def test_exactness_campaign_finds_no_silent_wrong_sum():
     rng = np.random.default_rng(12)
     assert sum(campaign.allreduce_trial(rng)[0] for _ in range(150)) == 0
     assert sum(campaign.replay_trial(rng)[0] for _ in range(150)) == 0
+    fuzzed = campaign.fuzz(rng, 5_000)
+    assert fuzzed == {"fuzzed_packets": 5_000, "fuzz_exceptions": 0,
+                      "fuzz_miscounted_batches": 0, "fuzz_registers_changed_by_invalid": 0}
+
+
+def test_registers_are_allocated_from_the_declaration():
+    """Every register of the executed switch has the declared width, signedness and
+    number of entries (the exponent register is 8 bits, as declared)."""
+    sw = SumSwitch(4, k=8, pool_size=16)
+    regs = dict(zip(("bitmap", "use", "counter", "exponent", "overflow", "values"),
+                    (sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values)))
+    declared = {r.name: r for st in streaming_sum(8, 16).stages for r in st.registers}
+    assert set(regs) == set(declared)
+    for name, arr in regs.items():
+        reg = declared[name]
+        assert arr.dtype == reg.dtype and arr.dtype.itemsize * 8 == reg.width, name
+        assert arr.size == reg.depth * reg.lanes, name
+    assert sw.exponent.dtype == np.int8
+    # a native exponent the 8-bit register cannot hold is malformed, not wrapped
+    h = {"job": np.zeros(2, np.int32), "worker": np.array([0, 1], np.int32),
+         "shadow": np.zeros(2, np.int32), "slot": np.zeros(2, np.int32),
+         "flags": np.zeros(2, np.int32), "exponent": np.array([300, 3], np.int32),
+         "count": np.full(2, 8, np.int32)}
+    before = [a.copy() for a in regs.values()]
+    sw.process_native(h, np.ones((2, 8), np.int32), np.array([0, 1], np.int32))
+    assert sw.drop_counts()["malformed"] == 1
+    assert int(sw.exponent.max()) == 3
+    assert any((a != b).any() for a, b in zip(regs.values(), before))  # the valid one counted
