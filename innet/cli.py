@@ -189,7 +189,8 @@ def _sweep(scenario, args) -> int:
     for point, summary in summaries.items():
         print(f"== {point}")
         print(experiment.format_table(summary))
-    print(f"\noutputs in {out}/ (one folder per point, sweep.json, sweep_summary.json)")
+    print(f"\noutputs in {out}/ (one folder per point, sweep.json, summary.json, "
+          "sweep_summary.json)")
     _report(out, args)
     return 0
 

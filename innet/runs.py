@@ -41,7 +41,8 @@ class RunFolderError(ScenarioError):
 RUN_FILES = ("config.toml", "run.json", "metrics.jsonl", "metrics.csv", "summary.json",
              "report.md", "figures", "units", "tensorboard")
 #: what a sweep writes beside its point folders
-SWEEP_FILES = ("config.toml", "sweep.json", "sweep_summary.json", "report.md", "figures")
+SWEEP_FILES = ("config.toml", "sweep.json", "sweep_summary.json", "summary.json", "report.md",
+               "figures")
 #: keys that do not change what a run computes
 _NOT_SETTINGS = ("name", "out", "report")
 

@@ -2,7 +2,8 @@
 
 Each point is an ordinary run in its own folder (``<out>/<point>/``, see
 :mod:`innet.runs`). ``<out>/sweep.json`` lists the points and their values;
-``<out>/sweep_summary.json`` gathers every point's summary.
+``<out>/sweep_summary.json`` gathers every point's summary, and ``<out>/summary.json``
+the same flat, keyed ``<point>/<path>``.
 
 A point is identified by the hash of its resolved settings, not by its folder name:
 a point whose folder holds a finished run of the same settings is skipped, one that
@@ -104,4 +105,8 @@ def run_sweep(scenario: Scenario, out: str | Path, jobs: int = 1, progress: bool
         summaries = {name: runs.read_json(out / name / "summary.json", "summary.json")
                      for name, _, _ in points}
         runs.write_json(out / "sweep_summary.json", summaries)
+        # the same, one level: "<point>/<path>" → that path's summary at that point
+        runs.write_json(out / "summary.json", {f"{point}/{path}": entry
+                                                for point, summary in summaries.items()
+                                                for path, entry in summary.items()})
     return summaries

@@ -213,6 +213,9 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert [p["name"] for p in index["points"]] == ["workers.f=0", "workers.f=1"]
     summaries = json.loads((out / "sweep_summary.json").read_text())
     assert set(summaries["workers.f=1"]) == {"mean", "median"}
+    flat = json.loads((out / "summary.json").read_text())
+    assert set(flat) == {f"workers.f={f}/{p}" for f in (0, 1) for p in ("mean", "median")}
+    assert all("final_test_accuracy_sd" in entry for entry in flat.values())
     first = (out / "workers.f=0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0  # resumed: nothing left to run
