@@ -657,11 +657,13 @@ def run(scenario: Scenario, out: str | None = None, progress: bool = True, jobs:
     with runs.locked(folder):
         resuming = runs.claim_folder(folder, scenario, resume, force)
         units = units_of(scenario)
+        # run.json first: a run killed between the two writes resumes and rewrites the
+        # config (the same settings, so the same text)
         if not resuming:
-            runs.atomic_write(folder / "config.toml", tomli_w.dumps(to_dict(scenario)))
             runs.write_json(folder / "run.json", {
                 "settings_hash": runs.settings_hash(scenario),
                 "units": [u.key(scenario) for u in units]})
+        runs.atomic_write(folder / "config.toml", tomli_w.dumps(to_dict(scenario)))
         done = _gather(scenario, folder, units)
         todo = [u for u in units if u not in done]
         if jobs == 1 or len(todo) <= 1:

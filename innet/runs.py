@@ -144,9 +144,7 @@ def claim_folder(folder: Path, scenario: Scenario, resume: bool, force: bool,
     if resume and force:
         raise RunFolderError("--resume and --force: choose one")
     present = _occupied(folder)
-    if not present:
-        if resume:
-            raise RunFolderError(f"--resume: {folder} holds no run to resume")
+    if not present:  # nothing yet (with --resume: killed before its first write)
         return False
     if force:
         clear(folder, names)

@@ -47,6 +47,10 @@ def test_run_refuses_an_occupied_folder_and_force_replaces_only_its_files(tmp_pa
     assert "other settings" in capsys.readouterr().err
     # resuming a finished run of the same settings does nothing and succeeds
     assert main(["run", *TINY, "--agg", "median", "--out", str(out), "--resume"]) == 0
+    # a run killed before it wrote anything resumes from scratch
+    assert main(["run", *TINY, "--agg", "mean", "--out", str(tmp_path / "new"),
+                 "--resume"]) == 0
+    assert json.loads((tmp_path / "new" / "summary.json").read_text())["mean"]["n_seeds"] == 1
 
 
 def test_flag_only_runs_get_their_own_folder():
