@@ -29,6 +29,12 @@ different vector. Two switch-feasible defences, both set by the control plane:
   saturating min/max per lane), so no single coordinate can exceed what an honest
   c_i·g_i could hold, and counts the clamps.
 
+A worker that fails the checksum is **quarantined** for ``quarantine`` steps (default
+10; 0 turns it off): the control plane leaves it out of phase 1's Gram and gives it
+c_i = 0, so it sends nothing in phase 2 and cannot force a fallback every step. It is
+re-admitted afterwards (and quarantined again if it lies again); quarantined workers
+are counted per step.
+
 What they catch: any phase-2 vector whose sketch differs from c_i·ŷ_i·‖g_i‖ on the
 secret buckets — scaling, sign flips, a different gradient, noise. What they cannot
 catch: a deviation δ in the null space of the public sketch (Sδ = 0, e.g. +a on one
@@ -91,6 +97,7 @@ def integer_gram(Yq: np.ndarray) -> np.ndarray:
 @dataclass
 class OffloadStats:
     checks_failed: list[int] = field(default_factory=list)  #: workers whose checksum failed
+    quarantined: list[int] = field(default_factory=list)  #: workers left out of this step
     fallback: bool = False  #: the step went to the PS (full FA)
     clamped_values: int = 0  #: phase-2 values the switch bound clamped
     sketch_bytes_per_worker: int = 0
@@ -115,8 +122,12 @@ class OffloadedFA:
 
     def __init__(self, p: int, f: int = 0, k_prime: int = 4096, W: int = 24, b: int = 16,
                  solver: str = "bfp", seed: int = 0, switch: SwitchAllreduce | None = None,
-                 defences: bool = True, tol: float = 0.02, check_buckets: int = 256, **fa_params):
-        self.check_params(k_prime, W, b, solver)
+                 defences: bool = True, tol: float = 0.02, check_buckets: int = 256,
+                 quarantine: int = 10, **fa_params):
+        self.check_params(k_prime, W, b, solver, quarantine)
+        self.quarantine = quarantine
+        #: worker → steps of quarantine left
+        self.quarantine_left: dict[int, int] = {}
         self.p, self.f, self.k_prime, self.W, self.b = p, f, k_prime, W, b
         self.seed, self.defences, self.tol = seed, defences, tol
         self.check_buckets = min(check_buckets, k_prime)
@@ -136,7 +147,7 @@ class OffloadedFA:
         self.phase2_attack = None
 
     @staticmethod
-    def check_params(k_prime: int, W: int, b: int, solver: str) -> None:
+    def check_params(k_prime: int, W: int, b: int, solver: str, quarantine: int = 10) -> None:
         """The offload's own parameters, checked; the ValueError's message starts with
         the parameter's name (scenario validation reports it under that key)."""
         if not isinstance(k_prime, int) or k_prime < 1:
@@ -147,6 +158,8 @@ class OffloadedFA:
             raise ValueError(f"b: sketch bits must be in 2..31, got {b!r}")
         if solver not in SOLVERS:
             raise ValueError(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
+        if not isinstance(quarantine, int) or isinstance(quarantine, bool) or quarantine < 0:
+            raise ValueError(f"quarantine: steps must be an integer >= 0, got {quarantine!r}")
 
     def worker_cost(self, n: int) -> Cost:
         """Modelled cost of one worker's phase-1 work on its n values: the norm pass,
@@ -200,7 +213,20 @@ class OffloadedFA:
         G = G.detach().cpu().numpy() if isinstance(G, torch.Tensor) else np.asarray(G)
         G = G.astype(np.float64)
         stats = OffloadStats(sketch_bytes_per_worker=self.k_prime * self.b // 8 + 4)
-        c, norms, Yq, scale = self.coefficients(G, stats)
+        p = G.shape[0]
+        out = sorted(w for w, left in self.quarantine_left.items() if left > 0 and w < p)
+        active = np.array([i for i in range(p) if i not in out], dtype=np.int64)
+        stats.quarantined = out
+        c_active, norms_a, Yq_a, scale_a = self.coefficients(G[active], stats)
+        c = np.zeros(p)
+        c[active] = c_active  # quarantined workers: out of the Gram, c_i = 0
+        norms = np.linalg.norm(G, axis=1)
+        Yq = np.zeros((p, Yq_a.shape[1]), dtype=Yq_a.dtype)
+        Yq[active] = Yq_a
+        scale = np.zeros(p)
+        scale[active] = scale_a
+        self.quarantine_left = {w: left - 1 for w, left in self.quarantine_left.items()
+                                if left > 1}
         self.last_c = c  #: the control plane's coefficients of the last step
         V = c[:, None] * G  # what honest workers send
         if self.phase2_attack is not None:
@@ -210,9 +236,13 @@ class OffloadedFA:
             over = np.abs(V) > bound[:, None]
             stats.clamped_values = int(over.sum())
             V = np.clip(V, -bound[:, None], bound[:, None])
-            stats.checks_failed = self._check(V, c, norms, Yq, scale)
+            failed = self._check(V, c, norms, Yq, scale)
+            stats.checks_failed = [w for w in failed if w in set(active.tolist())]
         if stats.checks_failed:
             stats.fallback = True  # the PS runs full FA on the float gradients
+            if self.quarantine:
+                for w in stats.checks_failed:
+                    self.quarantine_left[w] = self.quarantine
             self.step += 1
             return self.full.solve(torch.from_numpy(G)).aggregate.numpy(), stats
         total, stats.phase2 = self.switch.allreduce(V.astype(np.float32))

@@ -121,7 +121,7 @@ def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllre
     off = fa_offload.OffloadedFA(
         p or scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"],
         W=params["W"], b=params["b"], solver=params["solver"], seed=scenario.seed, switch=switch,
-        defences=params["defences"], **fa_params)
+        defences=params["defences"], quarantine=params["quarantine"], **fa_params)
     attack = params["phase2_attack"]
     if attack != "none" and byz:
         off.phase2_attack = {"scaled": fa_offload.scaled_phase2,
@@ -223,13 +223,15 @@ class _Aggregation:
         links, the PS transport, the offload's secret and step (for checkpoints)."""
         off = self.offload
         return {"switch": self.switch, "transport": self.transport,
-                "offload": None if off is None else (off._secret, off.step)}
+                "offload": None if off is None else (off._secret, off.step,
+                                                     dict(off.quarantine_left))}
 
     def load_network_state(self, state: dict[str, Any]) -> None:
         self.switch, self.transport = state["switch"], state["transport"]
         if self.offload is not None:
             self.offload.switch = self.switch
-            self.offload._secret, self.offload.step = state["offload"]
+            self.offload._secret, self.offload.step, self.offload.quarantine_left = state[
+                "offload"]
 
     def crash_step(self, G: torch.Tensor, worker: int, live: list[int]):
         """The step during which ``worker`` dies: the in-network paths lose it mid-step
@@ -280,7 +282,7 @@ class _Aggregation:
         total, ost = self.offload.aggregate(G)
         self.ps.aggregate_seconds += time.perf_counter() - tick
         step = {"fallback_steps": int(ost.fallback), "checks_failed": len(ost.checks_failed),
-                "clamped_values": ost.clamped_values}
+                "clamped_values": ost.clamped_values, "quarantined": len(ost.quarantined)}
         p, n = G.shape
         modelled = (self.clock.serialise_s(ost.sketch_bytes_per_worker)
                     + 2e-6 * self.clock.latency_us
@@ -322,6 +324,7 @@ def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
     if path.via == "offload":
         extra["offload_fallback"] = step.get("fallback_steps", 0)
         extra["checks_failed"] = step.get("checks_failed", 0)
+        extra["quarantined"] = step.get("quarantined", 0)
     return extra
 
 

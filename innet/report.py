@@ -306,6 +306,7 @@ def run_figures(runs: list[tuple[str, list[dict[str, Any]]]], folder: Path,
               ("results_lost", "result packets lost (resent) per step", 1.0),
               ("fallback_chunks", "chunks sent to the PS fallback per step", 1.0),
               ("offload_fallback", "offload steps sent to the PS", 1.0),
+              ("quarantined", "workers in quarantine per step", 1.0),
               ("packets_lost", "packets lost, not recovered, per step", 1.0)]
     panels = [p for p in panels if any(r.get(p[0]) for _, rec in runs for r in rec)]
     if panels:

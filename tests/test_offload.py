@@ -197,3 +197,29 @@ def test_nonfinite_rows_meet_the_policy_before_quantisation(via, params, bad):
         expected, _, _ = experiment._Aggregation(scenario, path, ParameterServer(
             torch.nn.Linear(2, 2), aggregators.get(path.rule, f=1), 0.1)).step(clean)
         torch.testing.assert_close(update, expected)
+
+
+def test_a_worker_caught_lying_is_quarantined_then_readmitted(attacked_gradients):
+    """Phase-2 scaling by the 3 Byzantine workers: caught at step 0 (fallback), then
+    left out of the Gram and of phase 2 for `quarantine` steps, during which the
+    offload serves without fallback and stays close to full FA on the honest rows;
+    re-admitted afterwards, caught again."""
+    from host.fa_offload import scaled_phase2
+
+    G = attacked_gradients
+    off = OffloadedFA(15, 3, quarantine=3)
+    off.phase2_attack = scaled_phase2([0, 1, 2])
+    runs = [off.aggregate(G) for _ in range(6)]
+    history = [st for _, st in runs]
+    assert history[0].fallback and sorted(history[0].checks_failed) == [0, 1, 2]
+    honest = FlagAggregator(f=3).solve(torch.from_numpy(G[3:])).aggregate.numpy()
+    for total, st in runs[1:4]:
+        assert st.quarantined == [0, 1, 2] and not st.fallback and not st.checks_failed
+        cos = total @ honest / np.linalg.norm(total) / np.linalg.norm(honest)
+        assert cos > 0.99  # FA on the 12 honest rows, through the switch
+    assert history[4].quarantined == [] and history[4].fallback  # back, lying again
+    off2 = OffloadedFA(15, 3, quarantine=0)
+    off2.phase2_attack = scaled_phase2([0, 1, 2])
+    assert all(off2.aggregate(G)[1].fallback for _ in range(3))  # no quarantine: every step
+    with pytest.raises(ValueError, match="quarantine"):
+        OffloadedFA(15, 3, quarantine=-1)
