@@ -223,3 +223,56 @@ def test_a_worker_caught_lying_is_quarantined_then_readmitted(attacked_gradients
     assert all(off2.aggregate(G)[1].fallback for _ in range(3))  # no quarantine: every step
     with pytest.raises(ValueError, match="quarantine"):
         OffloadedFA(15, 3, quarantine=-1)
+
+
+def catch_bounds(k_prime: int, checked: int, d: int) -> tuple[float, float]:
+    """Bounds on P(the checksum catches a deviation of equal size in d sketch buckets)
+    when |R| = ``checked`` secret buckets are drawn from k′ with secret signs. M, the
+    deviated buckets inside R, is hypergeometric. Upper: P(M ≥ 1) = 1 − C(k′−d, |R|) /
+    C(k′, |R|). Lower: the M terms are ±a with secret signs, so an odd M never cancels
+    and an even M cancels with probability C(M, M/2)/2^M; deviations of unequal size
+    cancel less."""
+    from math import comb
+
+    lower = upper = 0.0
+    for m in range(1, d + 1):
+        pm = comb(d, m) * comb(k_prime - d, checked - m) / comb(k_prime, checked)
+        upper += pm
+        lower += pm * (1 - (comb(m, m // 2) / 2**m if m % 2 == 0 else 0.0))
+    return lower, upper
+
+
+@pytest.mark.parametrize("d", [1, 4, 16])
+def test_sparse_deviations_are_caught_at_the_rate_the_formula_states(attacked_gradients, d):
+    """Worker 3 (honest in phase 1) pushes one coordinate in each of d buckets to the
+    per-value bound in phase 2. The checksum sees it only when one of those buckets is
+    among the |R| secret ones of the step, and several such buckets can cancel under
+    the secret signs: the caught share over N steps must lie within
+    :func:`catch_bounds` (4 binomial sds). This states what the sampled checksum
+    guarantees (docs/FA_OFFLOAD.md): with k′ = 4 096 and |R| = 256 a single bucket is
+    caught on 6.25 % of steps — not sound on its own."""
+    G = attacked_gradients[:, :2048]
+    k_prime, checked, steps = 512, 64, 400
+    off = OffloadedFA(15, 3, k_prime=k_prime, check_buckets=checked, quarantine=0)
+    sk = off.sketch_of(G.shape[1])
+    rng = np.random.default_rng(d)
+    liar = 5
+
+    def sparse(V, c, sketch):
+        buckets = rng.choice(k_prime, size=d, replace=False)
+        bound = abs(c[liar]) * np.linalg.norm(G[liar])
+        for b in buckets:
+            where = np.flatnonzero(sketch.bucket == b)
+            if where.size:
+                j = where[rng.integers(where.size)]
+                V[liar, j] = -np.sign(V[liar, j] or 1.0) * bound
+        return V
+
+    off.phase2_attack = sparse
+    caught = sum(liar in off.aggregate(G)[1].checks_failed for _ in range(steps))
+    lower, upper = catch_bounds(k_prime, checked, d)
+    sd = np.sqrt(0.25 / steps)
+    assert lower - 4 * sd <= caught / steps <= upper + 4 * sd, (caught / steps, lower, upper)
+    if d == 1:  # one bucket: no cancellation, the bounds meet at |R|/k′
+        assert lower == upper == pytest.approx(checked / k_prime)
+    assert sk.k_prime == k_prime
