@@ -18,8 +18,9 @@ FA needs only the p×p Gram matrix of the gradients and returns a weighted sum G
 Phase 2 is where a Byzantine worker can lie: it can send an honest sketch and then a
 different vector. Two switch-feasible defences, both set by the control plane:
 
-* **checksum**: per step the control plane draws a secret subset R of the sketch
-  buckets and secret signs ρ_r. The switch adds, per worker, ρ_h(j)·σ(j)·v_j over the
+* **checksum**: per step the control plane draws secret signs ρ_r for the sketch
+  buckets r ∈ R — every bucket by default, or a secret random subset of
+  ``check_buckets`` of them. The switch adds, per worker, ρ_h(j)·σ(j)·v_j over the
   coordinates j of its phase-2 stream whose bucket is in R (additions and
   subtractions only; h and σ are the public hashes). For an honest worker the total
   equals c_i·‖g_i‖·Σ_{r∈R} ρ_r·ŷ_ir, which the control plane knows from phase 1, up
@@ -122,7 +123,7 @@ class OffloadedFA:
 
     def __init__(self, p: int, f: int = 0, k_prime: int = 4096, W: int = 24, b: int = 16,
                  solver: str = "bfp", seed: int = 0, switch: SwitchAllreduce | None = None,
-                 defences: bool = True, tol: float = 0.02, check_buckets: int = 256,
+                 defences: bool = True, tol: float = 0.02, check_buckets: int | None = None,
                  quarantine: int = 10, **fa_params):
         self.check_params(k_prime, W, b, solver, quarantine)
         self.quarantine = quarantine
@@ -130,7 +131,9 @@ class OffloadedFA:
         self.quarantine_left: dict[int, int] = {}
         self.p, self.f, self.k_prime, self.W, self.b = p, f, k_prime, W, b
         self.seed, self.defences, self.tol = seed, defences, tol
-        self.check_buckets = min(check_buckets, k_prime)
+        #: secret buckets per step: every bucket by default (a lie in any bucket is
+        #: seen; only the secret signs can hide it), or a random subset of this size
+        self.check_buckets = k_prime if check_buckets is None else min(check_buckets, k_prime)
         self.fa = FlagAggregator(f=f, eigh=torch_eigh(W, solver), **fa_params)
         #: FA's IRLS in one compiled call (innet.quant.control_plane) where it covers
         #: the setting: the two-block solver, paper mode, λ = 0 (the default)

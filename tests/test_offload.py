@@ -276,3 +276,32 @@ def test_sparse_deviations_are_caught_at_the_rate_the_formula_states(attacked_gr
     if d == 1:  # one bucket: no cancellation, the bounds meet at |R|/k′
         assert lower == upper == pytest.approx(checked / k_prime)
     assert sk.k_prime == k_prime
+
+
+@pytest.mark.parametrize("d", [1, 4, 16])
+def test_the_default_checksum_covers_every_bucket(attacked_gradients, d):
+    """By default every bucket is checked: a lie in d (non-empty) buckets escapes only
+    when its d terms cancel under the secret signs, which for an odd d never happens
+    and for an even d has probability C(d, d/2)/2^d (0.375 at d = 4, 0.196 at 16)."""
+    G = attacked_gradients
+    off = OffloadedFA(15, 3, quarantine=0)
+    assert off.check_buckets == off.k_prime
+    nonempty = np.unique(off.sketch_of(G.shape[1]).bucket)
+    rng = np.random.default_rng(d)
+    liar, steps = 5, 200
+
+    def sparse(V, c, sketch):
+        bound = abs(c[liar]) * np.linalg.norm(G[liar])
+        for b in rng.choice(nonempty, size=d, replace=False):
+            where = np.flatnonzero(sketch.bucket == b)
+            j = where[rng.integers(where.size)]
+            V[liar, j] = -np.sign(V[liar, j] or 1.0) * bound
+        return V
+
+    off.phase2_attack = sparse
+    caught = sum(liar in off.aggregate(G)[1].checks_failed for _ in range(steps))
+    lower, upper = catch_bounds(off.k_prime, off.k_prime, d)
+    assert upper == pytest.approx(1.0)
+    assert caught / steps >= lower - 4 * np.sqrt(0.25 / steps), (caught / steps, lower)
+    if d == 1:
+        assert caught == steps
