@@ -73,7 +73,7 @@ from emulator.switch import (
     switch_packet,
     use_key,
 )
-from innet.protocol import decode, encode, flag, packet_dtype
+from innet.protocol import decode, encode, flag, header, packet_dtype
 from innet.quant import chunk_exponents, quantize_chunks, scale_of
 from innet.quant.block_float import quantize_value
 
@@ -84,8 +84,8 @@ LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT = range(5)
 F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
 PAYLOAD_Q, PAYLOAD_ZERO, PAYLOAD_X = 0, 1, 2
 MAX_RETRIES = 10_000  # timeouts per window; far past any loss a run survives
-MAX_POOL = 1 << 15  # slots per shadow set the header's 15-bit slot field can name
-MAX_JOB = 255  # the header's 8-bit job field
+MAX_POOL = 1 << header.part_bits("slot")  # slots per shadow set the slot field can name
+MAX_JOB = (1 << header.part_bits("job")) - 1  # the largest job id the header holds
 
 
 @dataclass

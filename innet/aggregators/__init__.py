@@ -46,28 +46,15 @@ def get(name: str, **params) -> Aggregator:
     """Build the rule called ``name`` with its hyper-parameters (e.g. ``f=3``); a name
     with ``+`` is a pipeline of pre-aggregators and a rule (``"nnm+fa"``,
     :mod:`innet.aggregators.pre`)."""
-    if "+" in name:
-        rule_name = name.rsplit("+", 1)[1]
-        allowed = parameters(name)
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise ValueError(f"aggregator {name!r}: unknown parameter {unknown[0]!r}; allowed: "
-                             f"{', '.join(allowed)}")
-        try:
-            return pre.build(name, params, REGISTRY)
-        except TypeError as err:
-            raise ValueError(f"aggregator {rule_name!r} in {name!r}: {err}") from None
-    try:
-        cls = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(NAMES)}") from None
+    if "+" not in name and name not in REGISTRY:
+        raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(NAMES)}")
     allowed = parameters(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"aggregator {name!r}: unknown parameter {unknown[0]!r}; allowed: "
                          f"{', '.join(allowed)}")
     try:
-        return cls(**params)
+        return pre.build(name, params, REGISTRY) if "+" in name else REGISTRY[name](**params)
     except TypeError as err:
         raise ValueError(f"aggregator {name!r}: {err}") from None
 

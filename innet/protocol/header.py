@@ -72,6 +72,17 @@ HEADER_BYTES = sum(f.bits for f in FIELDS) // 8
 NATIVE = tuple(name for f in FIELDS for name in ([p for p, _ in f.parts] or [f.name]))
 
 
+def part_bits(name: str) -> int:
+    """Width in bits of header field (or bit-field part) ``name``."""
+    for f in FIELDS:
+        if f.name == name and not f.parts:
+            return f.bits
+        for part, width in f.parts:
+            if part == name:
+                return width
+    raise KeyError(f"no header field {name!r}")
+
+
 def flag(*names: str) -> int:
     """Bit mask of the named flags, e.g. ``flag('RESULT', 'OVERFLOW')``."""
     return sum(1 << FLAGS.index(n) for n in names)
