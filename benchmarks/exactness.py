@@ -9,7 +9,8 @@ Two parts, each drawn from one seeded generator:
 
 * **allreduce trials** (compiled engine): p in 2…32, k in {1, 4, 16, 64}, vectors of
   1…600 values, pools of 1…16 slots, 1…3 steps on one switch; per link Bernoulli or
-  Gilbert–Elliott loss up to 30 %, duplication, bounded reordering, and failed ports
+  Gilbert–Elliott loss up to 30 %, duplication, bounded reordering, delay across
+  rounds (late packets and late duplicates in later windows and steps), failed ports
   (whole batches lost) on random links or on every link of a direction at once (whole
   windows lost); 0…5 retries. A value farther
   from the float64 sum than p half-units of its chunk's scale is a silent wrong sum.
@@ -26,6 +27,7 @@ Two parts, each drawn from one seeded generator:
 
 The last line is JSON: ``allreduce_trials``, ``replay_trials``, ``silent_wrong``
 (both parts), ``fallback_chunks``, ``stale_dropped``, ``duplicates_dropped``,
+``late_packets``, ``stale_packets_dropped``, ``stale_results_dropped``,
 ``fuzzed_packets``, ``fuzz_exceptions``, ``fuzz_miscounted_batches``,
 ``fuzz_registers_changed_by_invalid``, seconds.
 """
@@ -50,8 +52,10 @@ from innet.quant import chunk_exponents, scale_of  # noqa: E402
 
 
 def random_link(rng: np.random.Generator, batches: int, outage) -> LinkModel:
-    """Loss (Bernoulli or bursty) up to 30 %, duplication, reordering, and a failed
-    port: this link's own, or the outage shared by every link of the direction."""
+    """Loss (Bernoulli or bursty) up to 30 %, duplication, reordering, delay across
+    rounds (up to 8 of the link's batches: late packets and late duplicates reach
+    later windows and steps), and a failed port: this link's own, or the outage
+    shared by every link of the direction."""
     burst = None
     loss = float(rng.choice([0.0, rng.uniform(0, 0.3)]))
     if rng.random() < 0.2:
@@ -61,12 +65,15 @@ def random_link(rng: np.random.Generator, batches: int, outage) -> LinkModel:
     if down is None and rng.random() < 0.15:
         start = int(rng.integers(0, batches))
         down = (start, start + int(rng.integers(1, 4)))
+    delay = float(rng.choice([0.0, 0.0, 0.05, 0.3]))  # late across rounds, windows, steps
     return LinkModel(loss=loss, burst=burst, duplicate=float(rng.choice([0.0, 0.05, 0.2])),
-                     reorder=int(rng.choice([0, 0, 3, 10])), down_between=down)
+                     reorder=int(rng.choice([0, 0, 3, 10])), down_between=down,
+                     delay=delay, max_delay=int(rng.integers(1, 9)) if delay else 0)
 
 
 def allreduce_trial(rng: np.random.Generator) -> tuple[int, int]:
-    """One random configuration; returns (silent wrong values, fallback chunks)."""
+    """One random configuration; returns (silent wrong values, fallback chunks, late
+    packets, stale results the workers dropped, stale packets the switch dropped)."""
     p = int(rng.integers(2, 33))
     k = int(rng.choice([1, 4, 16, 64]))
     n = int(rng.integers(1, 601))
@@ -85,7 +92,7 @@ def allreduce_trial(rng: np.random.Generator) -> tuple[int, int]:
     down = [random_link(rng, batches, down_outage) for _ in range(p)]
     ar = SwitchAllreduce(p, k, pool_size=pool, up=up, down=down,
                          seed=int(rng.integers(2**31)), max_retries=int(rng.integers(0, 6)))
-    wrong = fallbacks = 0
+    wrong = fallbacks = late = stale = 0
     for _ in range(steps):
         X = (rng.normal(size=(p, n)) * rng.uniform(1e-3, 1e3)).astype(np.float32)
         out, stats = ar.allreduce(X)
@@ -93,7 +100,9 @@ def allreduce_trial(rng: np.random.Generator) -> tuple[int, int]:
         scale = np.repeat(scale_of(chunk_exponents(X, k).max(axis=0), p), k)[:n]
         wrong += int((np.abs(out - exact) > p * 0.5 / scale * (1 + 1e-9)).sum())
         fallbacks += sum(stats.fallback_chunks.values())
-    return wrong, fallbacks
+        late += stats.late_packets
+        stale += stats.stale_results
+    return wrong, fallbacks, late, stale, ar.switch.drop_counts()["stale"]
 
 
 def replay_trial(rng: np.random.Generator, k: int = 2) -> tuple[int, int, int]:
@@ -248,11 +257,14 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
-    wrong = fallbacks = 0
+    wrong = fallbacks = late = stale_results = stale_packets = 0
     for i in range(args.trials):
-        w, f = allreduce_trial(rng)
+        w, f, lt, sr, sp = allreduce_trial(rng)
         wrong += w
         fallbacks += f
+        late += lt
+        stale_results += sr
+        stale_packets += sp
         if (i + 1) % 2000 == 0:
             print(f"  {i + 1} allreduce trials: {wrong} silent wrong, {fallbacks} fallback "
                   f"chunks", flush=True)
@@ -269,11 +281,14 @@ def main() -> None:
           f"{fuzzed['fuzz_registers_changed_by_invalid']} register files changed by invalid "
           "packets")
     print(f"allreduce: {args.trials} trials, {wrong} silent wrong values, {fallbacks} "
-          f"counted fallback chunks")
+          f"counted fallback chunks; {late} packets delayed across rounds, {stale_packets} "
+          f"stale packets dropped by the switch, {stale_results} stale results by workers")
     print(f"replays:   {args.replay_trials} trials, {replay_wrong} wrong results, {stale} "
           f"stale and {dups} duplicate packets dropped")
     print(json.dumps({"allreduce_trials": args.trials, "replay_trials": args.replay_trials,
                       "silent_wrong": wrong + replay_wrong, "fallback_chunks": fallbacks,
+                      "late_packets": late, "stale_packets_dropped": stale_packets,
+                      "stale_results_dropped": stale_results,
                       "stale_dropped": stale, "duplicates_dropped": dups, **fuzzed,
                       "seconds": seconds}))
 

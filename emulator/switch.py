@@ -246,9 +246,12 @@ def default_lanes() -> int:
 @dataclass
 class Results:
     """What the switch sent back in one batch: MULTICAST records go to every worker of
-    the job, UNICAST records to ``worker``. The arrays are views into the switch's
-    result buffers, valid until its next batch (copy what must outlive it)."""
+    the job, UNICAST records to ``worker``; ``packet`` is the position in the batch of
+    the packet each answers (its step and packet_id name the use the result belongs
+    to). The arrays are views into the switch's result buffers, valid until its next
+    batch (copy what must outlive it)."""
 
+    packet: np.ndarray
     kind: np.ndarray
     worker: np.ndarray
     slot: np.ndarray
@@ -363,7 +366,7 @@ class SumSwitch:
         buffers = self._result_buffers(n)
         n = _collect(kind_of, row_of, h["worker"], h["slot"], h["shadow"], exp, ovf,
                      out_values, n, *buffers)
-        return Results(*(b[:n] for b in buffers[1:]))
+        return Results(*(b[:n] for b in buffers))
 
     def process(self, packets: np.ndarray, ingress: np.ndarray) -> Results:
         """Run the pipeline on wire-format packets (structured array of packet_dtype)."""
@@ -446,5 +449,5 @@ class SumSwitch:
         return self._rows[:N]
 
     def _results(self, n: int) -> Results:
-        empty = (np.int8, np.int32, np.int32, np.int32, np.int32, np.uint8)
+        empty = (np.int64, np.int8, np.int32, np.int32, np.int32, np.int32, np.uint8)
         return Results(*(np.zeros(n, t) for t in empty), np.zeros((n, self.k), np.int32))

@@ -59,8 +59,10 @@ from emulator.network import (
     P_DOWN_FROM,
     P_DOWN_TO,
     P_LOSSLESS,
+    S_BATCHES,
     Link,
     LinkModel,
+    hold_into,
     link_arrays,
     store_states,
     transmit_into,
@@ -78,7 +80,9 @@ from innet.quant import chunk_exponents, quantize_chunks, scale_of
 from innet.quant.block_float import quantize_value
 
 # counters the kernel keeps (stats vector)
-ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS = range(6)
+(ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS,
+ LATE_PACKETS, STALE_RESULTS, HOLD_FULL) = range(9)
+N_COUNTS = 9
 # one row per round: packets sent on the busiest up link / down link, totals, retransmit?
 LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT = range(5)
 F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
@@ -96,6 +100,13 @@ class AllreduceStats:
     retransmissions: int = 0
     results_lost: int = 0
     duplicate_results: int = 0
+    #: packets the links held back and delivered rounds later (both directions)
+    late_packets: int = 0
+    #: results the workers dropped because they answer an earlier use of their slot
+    #: (a late packet's answer, or a late result)
+    stale_results: int = 0
+    #: packets a link meant to delay but had no room to hold: lost
+    hold_full: int = 0
     fallback_chunks: dict[str, int] = field(
         default_factory=lambda: {"overflow": 0, "silent_worker": 0, "no_slots": 0})
     switch_drops: dict[str, int] = field(default_factory=dict)
@@ -110,6 +121,9 @@ class AllreduceStats:
         self.retransmissions += int(counts[RETRANSMISSIONS])
         self.results_lost += int(counts[RESULTS_LOST])
         self.duplicate_results += int(counts[DUPLICATE_RESULTS])
+        self.late_packets += int(counts[LATE_PACKETS])
+        self.stale_results += int(counts[STALE_RESULTS])
+        self.hold_full += int(counts[HOLD_FULL])
 
     def as_dict(self) -> dict:
         out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
@@ -132,13 +146,20 @@ def _quantize_packet(X, w, base, fc, dst):
             dst[j] = quantize_value(X[w, base + j], fc) if base + j < n else 0
 
 
+@numba.njit(cache=True, inline="always")
+def _is_current(key, v, s, step, first_chunk, shadow, m):
+    """Whether a result for slot s of use (key, set v) is one the workers of this window
+    wait for: a worker checks the result's step, packet_id and shadow bit."""
+    return s < m and v == shadow[s] and key == use_key(step, first_chunk + s)
+
+
 @numba.njit(cache=True, parallel=True)
 def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                    bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
                    mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
                    max_retries, up_params, up_state, down_params, down_state,
                    result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
-                   workspace):
+                   workspace, held):
     """Every round of one window (see the module docstring); returns the rounds run.
 
     mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_X:
@@ -151,23 +172,42 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
     (each link's stream is sequential: results do not depend on the thread count).
     ``workspace`` (:func:`window_workspace`) holds the per-round arrays, allocated once
     per engine: fresh ones every window cost page faults on ~10 MB (huge pages zeroed
-    whole), more than the rounds' own work."""
+    whole), more than the rounds' own work.
+
+    ``held`` (:func:`hold_buffers`) are the packets the links hold back
+    (:func:`emulator.network.hold_into`), kept across windows and steps: up packets
+    with their header and values, result packets with the use they answer. A link
+    delivers its due packets before the round's own; the switch judges a late packet
+    like any other (its use check drops one of an earlier use), and a worker takes a
+    result only for the use it waits for (:func:`_is_current`)."""
     sent = np.zeros(p, np.int64)  # per worker, this round
     arrived = np.zeros(p, np.int64)
     down_sent = np.zeros(p, np.int64)
     lost = np.zeros(p, np.int64)
     dup = np.zeros(p, np.int64)
-    missing = np.zeros(p, np.int64)
-    # per_link: chunk ids in arrival order, per up link; out_kind / out_idx: the switch's
-    # answer to each of them; pend: per worker, the chunks it may still want; mine: the
-    # records one down link carries; mark: which of them arrived (duplicates count once)
+    stale = np.zeros(p, np.int64)
+    late_up = np.zeros(p, np.int64)
+    late_down = np.zeros(p, np.int64)
+    full = np.zeros(p, np.int64)
+    n_want = np.zeros(p, np.int64)  # results each worker still waits for
+    # per_link: chunk ids in arrival order, per up link (−h−1: held packet h);
+    # out_kind / out_idx: the switch's answer to each of them; pend: per worker, the
+    # chunks it may still want; mine: the records one down link carries; mark: which
+    # of them arrived (duplicates count once)
     (per_link, out_kind, out_idx, pos, keys, pend, rec_kind, rec_idx, rec_dest,
-     mine, dpos, dkeys, mark) = workspace
+     mine, dpos, dkeys, mark, rec_key, rec_v, late, due) = workspace
+    (hu_n, hu_use, hu_shadow, hu_slot, hu_exp, hu_flags, hu_due, hu_values,
+     hd_n, hd_use, hd_shadow, hd_slot, hd_due) = held
+    cap = hu_use.shape[1]  # 0: no link delays
     scratch = np.zeros((n_lanes, k), np.int32)
     n_pend = np.full(p, m, np.int64)
     for w in range(p):
         for c in range(m):
             pend[w, c] = c
+        if live[w]:
+            for c in range(m):
+                if want[w, c]:
+                    n_want[w] += 1
     rounds = 0
     for attempt in range(max_retries + 1):
         flags = base_flags | (F_RETRANSMIT if attempt > 0 else 0)
@@ -181,17 +221,47 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     c = pend[w, i]
                     if want[w, c]:
                         pend[w, n_w] = c
-                        per_link[w, n_w] = c
                         n_w += 1
                 n_pend[w] = n_w
+                n_rel = 0  # held packets due now arrive first
+                if cap > 0:
+                    batch = up_state[w, S_BATCHES]
+                    for h in range(hu_n[w]):
+                        if 0 <= hu_due[w, h] <= batch:
+                            per_link[w, n_rel] = -h - 1
+                            hu_due[w, h] = -1  # released: compacted after the switch
+                            n_rel += 1
                 got = transmit_into(up_params[w], up_state[w], n_w, pos[w], keys[w])
                 if up_params[w, P_LOSSLESS] == 0.0:  # lossless: arrival order = send order
+                    got, n_late = hold_into(up_params[w], up_state[w], pos[w], got,
+                                            late[w], due[w])
+                    for j in range(n_late):  # held back: keep the packet as it was sent
+                        c = pend[w, late[w, j]]
+                        h = hu_n[w]
+                        if h >= cap:
+                            full[w] += 1  # no room to hold it: lost
+                            continue
+                        hu_n[w] += 1
+                        hu_use[w, h] = use_key(step, first_chunk + c)
+                        hu_shadow[w, h] = shadow[c]
+                        hu_slot[w, h] = c
+                        hu_exp[w, h] = e_next[w, c]
+                        hu_flags[w, h] = flags
+                        hu_due[w, h] = due[w, j]
+                        if mode == PAYLOAD_X:
+                            _quantize_packet(X, w, (first_chunk + c) * k, f[c], hu_values[w, h])
+                        elif mode == PAYLOAD_Q:
+                            hu_values[w, h] = Q[w * m + c]
+                        else:
+                            hu_values[w, h] = 0
+                    late_up[w] += n_late
                     for j in range(got):
-                        pos[w, j] = per_link[w, pos[w, j]]
+                        per_link[w, n_rel + j] = pend[w, pos[w, j]]
+                else:
                     for j in range(got):
-                        per_link[w, j] = pos[w, j]
+                        per_link[w, n_rel + j] = pend[w, j]
                 sent[w] = n_w
-                arrived[w] = got
+                arrived[w] = n_rel + got
         longest = arrived.max()
         # -- the switch, in slot lanes; the links interleave packet by packet
         for q in numba.prange(n_lanes):
@@ -200,6 +270,19 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     if t >= arrived[w]:
                         continue
                     c = per_link[w, t]
+                    if c < 0:  # a late packet, as it was sent rounds (or windows) ago
+                        h = -c - 1
+                        s_h = hu_slot[w, h]
+                        if ((s_h >> 6) & (n_lanes - 1)) != q:
+                            continue
+                        kind, idx = switch_packet(
+                            job_id, p, pool_size, k, port_of_worker, table,
+                            job_id, w, hu_shadow[w, h], s_h, hu_flags[w, h], hu_exp[w, h],
+                            k, hu_use[w, h], port_of_worker[w], hu_values[w], h, bitmap,
+                            use_reg, counter, exp_reg, ovf_reg, regs, drops, q)
+                        out_kind[w, t] = kind
+                        out_idx[w, t] = idx
+                        continue
                     if ((c >> 6) & (n_lanes - 1)) != q:
                         continue
                     use = use_key(step, first_chunk + c)  # the packet's step and packet_id
@@ -226,7 +309,29 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     rec_kind[n_rec] = out_kind[w, t]
                     rec_idx[n_rec] = out_idx[w, t]
                     rec_dest[n_rec] = w
+                    c = per_link[w, t]
+                    if c >= 0:  # the use the answered packet belonged to
+                        rec_key[n_rec] = use_key(step, first_chunk + c)
+                        rec_v[n_rec] = shadow[c]
+                    else:
+                        rec_key[n_rec] = hu_use[w, -c - 1]
+                        rec_v[n_rec] = hu_shadow[w, -c - 1]
                     n_rec += 1
+        if cap > 0:  # forget the held packets that were delivered
+            for w in numba.prange(p):
+                kept = 0
+                for h in range(hu_n[w]):
+                    if hu_due[w, h] >= 0:
+                        if kept != h:
+                            hu_use[w, kept] = hu_use[w, h]
+                            hu_shadow[w, kept] = hu_shadow[w, h]
+                            hu_slot[w, kept] = hu_slot[w, h]
+                            hu_exp[w, kept] = hu_exp[w, h]
+                            hu_flags[w, kept] = hu_flags[w, h]
+                            hu_due[w, kept] = hu_due[w, h]
+                            hu_values[w, kept] = hu_values[w, h]
+                        kept += 1
+                hu_n[w] = kept
         # -- down: multicast results reach every port, unicasts their worker (a link
         # carries at most m multicasts and 2m unicasts: its worker's packets, duplicated)
         for w in numba.prange(p):
@@ -240,24 +345,67 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
             dup[w] = 0
             if not live[w]:
                 continue
+            if cap > 0 and hd_n[w] > 0:  # late results due now arrive first
+                batch = down_state[w, S_BATCHES]
+                kept = 0
+                for h in range(hd_n[w]):
+                    if hd_due[w, h] <= batch:
+                        s = hd_slot[w, h]
+                        if _is_current(hd_use[w, h], hd_shadow[w, h], s, step, first_chunk,
+                                       shadow, m):
+                            if want[w, s]:
+                                want[w, s] = False
+                                n_want[w] -= 1
+                            else:
+                                dup[w] += 1
+                        else:
+                            stale[w] += 1  # a result of an earlier use: dropped
+                    else:
+                        hd_use[w, kept] = hd_use[w, h]
+                        hd_shadow[w, kept] = hd_shadow[w, h]
+                        hd_slot[w, kept] = hd_slot[w, h]
+                        hd_due[w, kept] = hd_due[w, h]
+                        kept += 1
+                hd_n[w] = kept
             got = transmit_into(down_params[w], down_state[w], n_w, dpos[w], dkeys[w])
+            n_late = 0
+            if down_params[w, P_LOSSLESS] == 0.0:
+                got, n_late = hold_into(down_params[w], down_state[w], dpos[w], got,
+                                        late[w], due[w])
             delivered = 0
-            wanted = 0
+            for j in range(n_late):  # held back: keep which use the result answers
+                if mark[w, late[w, j]] == 0:
+                    mark[w, late[w, j]] = 1
+                    delivered += 1  # not lost: it arrives later
+                h = hd_n[w]
+                if h >= cap:
+                    full[w] += 1
+                    continue
+                r = mine[w, late[w, j]]
+                hd_n[w] += 1
+                hd_use[w, h] = rec_key[r]
+                hd_shadow[w, h] = rec_v[r]
+                hd_slot[w, h] = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
+                hd_due[w, h] = due[w, j]
+            late_down[w] += n_late
             for j in range(got):
                 r = mine[w, dpos[w, j]]
                 if mark[w, dpos[w, j]] == 0:  # duplicates of a record count once as delivered
                     mark[w, dpos[w, j]] = 1
                     delivered += 1
                 s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
-                if want[w, s]:
+                if not _is_current(rec_key[r], rec_v[r], s, step, first_chunk, shadow, m):
+                    stale[w] += 1  # answers a late packet of an earlier use: dropped
+                elif want[w, s]:
                     want[w, s] = False
-                    wanted += 1
+                    n_want[w] -= 1
                 else:
                     dup[w] += 1  # a copy it already has: dropped
             lost[w] = n_w - delivered
-            missing[w] = sent[w] - wanted  # results this worker still waits for
             for j in range(got):
                 mark[w, dpos[w, j]] = 0
+            for j in range(n_late):
+                mark[w, late[w, j]] = 0
         counts[PACKETS_UP] += sent.sum()
         counts[PACKETS_DOWN] += down_sent.sum()
         counts[RESULTS_LOST] += lost.sum()
@@ -273,10 +421,13 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
         counts[ROUNDS] += 1
         pending = False
         for w in range(p):
-            if live[w] and missing[w] > 0:
+            if live[w] and n_want[w] > 0:
                 pending = True
         if not pending:
             break
+    counts[LATE_PACKETS] += late_up.sum() + late_down.sum()
+    counts[STALE_RESULTS] += stale.sum()
+    counts[HOLD_FULL] += full.sum()
     # reassembly: a result packet carries its slot's registers, which cannot change
     # once the slot completes within the window (see the module docstring)
     n = dequantized.shape[0]
@@ -304,17 +455,37 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
     return rounds
 
 
-def window_workspace(p: int, m: int) -> tuple:
+def window_workspace(p: int, m: int, cap: int = 0) -> tuple:
     """The arrays :func:`_window_kernel` reuses round after round for windows of up to m
-    chunks (see its docstring for each one's role)."""
-    up = (p, 2 * m)  # a link delivers at most twice what it was given (duplication)
-    down = (p, 3 * m)  # m multicasts and the unicast answers to 2m arrivals
+    chunks, with hold buffers of ``cap`` packets per link (see its docstring for each
+    one's role)."""
+    up = (p, 2 * m + cap)  # a link delivers at most twice what it was given
+    # (duplication), after the late packets it held
+    # m multicasts, the unicast answers to 2m arrivals and to the late ones, and the
+    # multicasts late packets of an earlier use may complete
+    down = (p, 3 * m + (p + 1) * cap)
+    records = p * (2 * m + cap)
     return (np.empty(up, np.int32), np.zeros(up, np.int8), np.zeros(up, np.int32),
             np.empty(up, np.int64), np.empty(up, np.float64), np.empty((p, m), np.int32),
-            np.empty(2 * p * m, np.int8), np.empty(2 * p * m, np.int32),
-            np.empty(2 * p * m, np.int32), np.empty(down, np.int64),
-            np.empty((p, 6 * m), np.int64), np.empty((p, 6 * m), np.float64),
-            np.zeros(down, np.int8))
+            np.empty(records, np.int8), np.empty(records, np.int32),
+            np.empty(records, np.int32), np.empty(down, np.int64),
+            np.empty((p, 2 * down[1]), np.int64), np.empty((p, 2 * down[1]), np.float64),
+            np.zeros(down, np.int8), np.empty(records, np.int64), np.empty(records, np.int32),
+            np.empty((p, 2 * down[1]), np.int64), np.empty((p, 2 * down[1]), np.int64))
+
+
+def hold_buffers(p: int, k: int, cap: int) -> tuple:
+    """What the links hold back for :func:`_window_kernel`, ``cap`` packets per link
+    and direction (a packet that finds its link's buffer full is lost, counted as
+    ``hold_full``): up, the count, use key, shadow, slot, exponent, flags, due batch
+    and k values of each held packet; down, the count, use key, shadow, slot and due
+    batch of each held result (the worker only checks which use a result answers;
+    one it takes is a current slot's, whose registers no longer change)."""
+    i32 = lambda: np.zeros((p, cap), np.int32)  # noqa: E731
+    return (np.zeros(p, np.int64), np.zeros((p, cap), np.int64), i32(), i32(), i32(), i32(),
+            np.zeros((p, cap), np.int64), np.zeros((p, cap, k), np.int32),
+            np.zeros(p, np.int64), np.zeros((p, cap), np.int64), i32(), i32(),
+            np.zeros((p, cap), np.int64))
 
 
 class SwitchAllreduce:
@@ -376,6 +547,13 @@ class SwitchAllreduce:
         self._set = np.zeros(max(pool_size, 1), np.int32)  #: next shadow set of each slot
         self._send: np.ndarray | None = None
         self._work: tuple | None = None
+        #: packets a link may hold back at once (0 when no link delays); the compiled
+        #: engine's hold buffers, kept across windows and steps
+        delays = [link.model.max_delay for link in self.up + self.down if link.model.delay > 0]
+        self.hold_cap = min(1024, 2 * max(pool_size, 1) * max(delays)) if delays else 0
+        self._held: tuple | None = None
+        #: the wire engine's held packets per link: (wire packets, due batches)
+        self._held_wire: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def crash(self, worker: int, after_rounds: int = 1) -> None:
         """``worker`` dies mid-step: its links carry ``after_rounds`` more rounds, then
@@ -414,7 +592,7 @@ class SwitchAllreduce:
         else:
             up_params, up_state = link_arrays(self.up)
             down_params, down_state = link_arrays(self.down)
-            counts = np.zeros(6, np.int64)
+            counts = np.zeros(N_COUNTS, np.int64)
             log = np.zeros((self.max_retries + 1, 5), np.int64)
             lanes = min(sw.lanes, default_lanes())
             drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
@@ -429,7 +607,8 @@ class SwitchAllreduce:
                 self.step, mode, Qa, X, first_chunk, f,
                 np.ascontiguousarray(e_next, dtype=np.int32), m, shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
-                res, out, exp, ovf, have, want, counts, log, self._workspace(m))
+                res, out, exp, ovf, have, want, counts, log, self._workspace(m),
+                self._held_buffers())
             store_states(self.up, up_state)
             store_states(self.down, down_state)
             sw.drops += drops.sum(axis=0)
@@ -446,60 +625,100 @@ class SwitchAllreduce:
     def _workspace(self, m: int) -> tuple:
         """The window kernel's arrays, built once for the largest window seen."""
         if self._work is None or self._work[5].shape[1] < m:
-            self._work = window_workspace(self.p, m)
+            self._work = window_workspace(self.p, m, self.hold_cap)
         return self._work
+
+    def _held_buffers(self) -> tuple:
+        if self._held is None:
+            self._held = hold_buffers(self.p, self.k, self.hold_cap)
+        return self._held
 
     def _wire_window(self, mode, Q, e_next, m, first_chunk, shadow, base_flags, live,
                      result, exp, ovf, have, want, stats):
-        """The same rounds with every packet in the wire format (slow path)."""
+        """The same rounds with every packet in the wire format (slow path). A link's
+        held packets are wire packets, delivered before the round's own when due; a
+        worker takes a result only if its step, packet_id and shadow bit name the use
+        it waits for."""
         p, k, sw = self.p, self.k, self.switch
+        dtype = packet_dtype(k)
+        empty = np.zeros(0, dtype)
+
+        def through(direction: int, w: int, link: Link, packets: np.ndarray):
+            """What arrives at the far end of ``link`` this batch: its due held packets,
+            then this batch's survivors; the ones it delays are kept. Also returns how
+            many of ``packets`` were not lost (arrived now or held)."""
+            held, due = self._held_wire.get((direction, w), (empty, np.zeros(0, np.int64)))
+            ready = due <= link.batches
+            now, late, when = link.transmit_late(len(packets))
+            stats.late_packets += len(late)
+            # (concatenate canonicalises the wire dtype to native order: cast back)
+            keep_pk = np.concatenate([held[~ready], packets[late]]).astype(dtype)
+            keep_due = np.concatenate([due[~ready], when])
+            room = self.hold_cap - int((~ready).sum())
+            if len(late) > max(room, 0):  # no room to hold them all: the rest are lost
+                cut = int((~ready).sum()) + max(room, 0)
+                stats.hold_full += len(keep_pk) - cut
+                keep_pk, keep_due = keep_pk[:cut], keep_due[:cut]
+            self._held_wire[(direction, w)] = (keep_pk, keep_due)
+            return (np.concatenate([held[ready], packets[now]]).astype(dtype),
+                    len(np.unique(np.concatenate([now, late]))))
+
         for attempt in range(self.max_retries + 1):
+            flags = base_flags | (F_RETRANSMIT if attempt else 0)
             arrivals = []
             for w in np.flatnonzero(live):
                 mine = np.flatnonzero(want[w])
                 if attempt:
                     stats.retransmissions += len(mine)
                 stats.packets_up += len(mine)
-                arrivals.append(np.stack([np.full(len(mine), w), mine])[
-                    :, self.up[w].transmit(len(mine))])
-            merged = np.concatenate(arrivals, axis=1) if arrivals else np.zeros((2, 0), int)
+                values = (np.zeros((len(mine), k), np.int32) if mode == PAYLOAD_ZERO
+                          else Q[w, mine])
+                n_w = len(mine)
+                packets = encode({"job": np.full(n_w, self.job), "worker": np.full(n_w, w),
+                                  "step": np.full(n_w, self.step),
+                                  "packet_id": first_chunk + mine, "shadow": shadow[mine],
+                                  "slot": mine, "flags": np.full(n_w, flags),
+                                  "exponent": e_next[w, mine]}, values)
+                arrivals.append(through(0, w, self.up[w], packets)[0])
             # interleave the links packet by packet: order by position within each link
-            rank = np.concatenate([np.arange(a.shape[1]) for a in arrivals]) if arrivals \
+            rank = np.concatenate([np.arange(len(a)) for a in arrivals]) if arrivals \
                 else np.zeros(0, int)
-            w_idx, c_idx = merged[:, np.argsort(rank, kind="stable")]
-            values = (np.zeros((len(w_idx), k), np.int32) if mode == PAYLOAD_ZERO
-                      else Q[w_idx, c_idx])
-            flags = base_flags | (F_RETRANSMIT if attempt else 0)
-            packets = encode({"job": np.full(len(w_idx), self.job), "worker": w_idx,
-                              "step": np.full(len(w_idx), self.step),
-                              "packet_id": first_chunk + c_idx,
-                              "shadow": shadow[c_idx], "slot": c_idx,
-                              "flags": np.full(len(w_idx), flags),
-                              "exponent": e_next[w_idx, c_idx]}, values)
+            merged = np.concatenate(arrivals).astype(dtype) if arrivals else empty
+            packets = merged[np.argsort(rank, kind="stable")]
             self._keep(packets)
+            w_idx = decode(packets)[0]["worker"] if len(packets) else np.zeros(0, int)
             res = sw.process(packets, sw.port_of_worker[w_idx])
+            answered = decode(packets)[0] if len(packets) else None
             down = encode({"job": np.full(len(res), self.job), "worker": res.worker,
-                           "step": np.full(len(res), self.step), "packet_id": res.slot,
+                           "step": answered["step"][res.packet] if len(res) else res.slot,
+                           "packet_id": (answered["packet_id"][res.packet] if len(res)
+                                         else res.slot),
                            "shadow": res.shadow, "slot": res.slot,
                            "flags": flag("RESULT") | np.where(res.overflow != 0,
                                                               flag("OVERFLOW"), 0),
                            "exponent": res.exponent}, res.values)
             self._keep(down)
-            dh, dvalues = decode(down)  # what the workers parse
             stats.rounds += 1
             for w in range(p):
                 records = np.flatnonzero((res.kind == MULTICAST) | (res.worker == w))
                 stats.packets_down += len(records)
                 if not live[w]:
                     continue
-                arrived = records[self.down[w].transmit(len(records))]
-                stats.results_lost += len(records) - len(np.unique(arrived))
+                got, kept = through(1, w, self.down[w], down[records])
+                stats.results_lost += len(records) - kept
+                dh, dvalues = decode(got)  # what the worker parses
+                s_ = dh["slot"]
+                current = ((s_ < m) & (dh["step"] == self.step)
+                           & (dh["packet_id"] == first_chunk + s_)
+                           & (dh["shadow"] == shadow[np.minimum(s_, m - 1)]))
+                stats.stale_results += int((~current).sum())
+                dh = {name: a[current] for name, a in dh.items()}
+                dvalues = dvalues[current]
                 # first copy of each slot's result; later copies are dropped duplicates
-                slots, first = np.unique(dh["slot"][arrived], return_index=True)
-                recs = arrived[first]
+                slots, first = np.unique(dh["slot"], return_index=True)
                 fresh = want[w, slots]
-                stats.duplicate_results += len(arrived) - int(fresh.sum())
-                recs, slots = recs[fresh], slots[fresh]
+                stats.duplicate_results += len(dh["slot"]) - int(fresh.sum())
+                recs, slots = first[fresh], slots[fresh]
                 want[w, slots] = False
                 new = ~have[slots]
                 recs, slots = recs[new], slots[new]

@@ -49,7 +49,9 @@ class UnreliableUplink:
         out = G.clone()
         for i in self.lossy:  # one vectorised draw per worker, not per packet
             arrived = np.zeros(packets, dtype=bool)
-            arrived[self.links[i].transmit(packets)] = True
+            # a packet the link delays arrives after the receiver has used the step's
+            # values: without retransmission it is as good as lost
+            arrived[self.links[i].transmit_late(packets)[0]] = True
             lost = np.flatnonzero(~arrived)
             if lost.size == 0:
                 continue
@@ -95,8 +97,9 @@ class ReliableTransport:
         resent = []
         for rounds in range(self.max_rounds + 1):
             for i, link in enumerate(links):
-                if outstanding[i]:  # duplicates and reordering cost TCP nothing here
-                    arrived = np.unique(link.transmit(int(outstanding[i])))
+                if outstanding[i]:  # duplicates and reordering cost TCP nothing here;
+                    # a delayed packet is resent at the timeout like a lost one
+                    arrived = np.unique(link.transmit_late(int(outstanding[i]))[0])
                     outstanding[i] -= arrived.size
             if not outstanding.any():
                 return resent

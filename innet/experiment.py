@@ -87,7 +87,7 @@ def link_models(scenario: Scenario) -> tuple[list[LinkModel], list[LinkModel]]:
         if n.failed_port and n.failed_port[0] == worker:  # rounds during which it is dead
             down = (n.failed_port[1], n.failed_port[2])
         return LinkModel(loss=loss, burst=burst, duplicate=n.duplicate, reorder=n.reorder,
-                         down_between=down)
+                         down_between=down, delay=n.delay, max_delay=n.max_delay)
 
     return [model("up", w) for w in range(p)], [model("down", w) for w in range(p)]
 
@@ -319,6 +319,9 @@ def _extra(path: AggregationPath, step: dict[str, Any]) -> dict[str, Any]:
         extra["retransmissions"] = step["retransmissions"]
         extra["results_lost"] = step["results_lost"]
         extra["fallback_chunks"] = sum(step["fallback_chunks"].values())
+        if step.get("late_packets"):
+            extra["late_packets"] = step["late_packets"]
+            extra["stale_results"] = step["stale_results"]
     if "ps_retransmissions" in step:
         extra["ps_retransmissions"] = step["ps_retransmissions"]
     if path.via == "offload":

@@ -145,6 +145,8 @@ def describe(s: Scenario) -> str:
             if getattr(link, k) is not None))
     if n.duplicate or n.reorder:
         net.append(f"duplicate {n.duplicate:g}, reorder ≤ {n.reorder}")
+    if n.delay:
+        net.append(f"delay {n.delay:g} (late by ≤ {n.max_delay} rounds)")
     if n.failed_port:
         net.append(f"port of worker {n.failed_port[0]} down for rounds "
                    f"{n.failed_port[1]}–{n.failed_port[2]}")
@@ -305,6 +307,7 @@ def run_figures(runs: list[tuple[str, list[dict[str, Any]]]], folder: Path,
               ("ps_retransmissions", "PS transport resends per step", 1.0),
               ("results_lost", "result packets lost (resent) per step", 1.0),
               ("fallback_chunks", "chunks sent to the PS fallback per step", 1.0),
+              ("late_packets", "packets delayed across rounds per step", 1.0),
               ("offload_fallback", "offload steps sent to the PS", 1.0),
               ("quarantined", "workers in quarantine per step", 1.0),
               ("packets_lost", "packets lost, not recovered, per step", 1.0)]

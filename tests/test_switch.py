@@ -562,3 +562,63 @@ def test_registers_are_allocated_from_the_declaration():
     assert sw.drop_counts()["malformed"] == 1
     assert int(sw.exponent.max()) == 3
     assert any((a != b).any() for a, b in zip(regs.values(), before))  # the valid one counted
+
+
+def _exact_or_fallback(X, out, stats, k):
+    """Values farther from the float64 sum than p half-units of their chunk's scale,
+    outside the chunks that went to the counted fallback."""
+    p, n = X.shape
+    exact = X.sum(axis=0, dtype=np.float64)
+    scale = np.repeat(scale_of(chunk_exponents(X, k).max(axis=0), p), k)[:n]
+    return int((np.abs(out - exact) > p * 0.5 / scale * (1 + 1e-9)).sum())
+
+
+@pytest.mark.parametrize("engine", ["compiled", "wire"])
+def test_packets_delayed_across_rounds_windows_and_steps_never_enter_a_later_sum(engine):
+    """Links that hold packets back for up to 6 rounds: late packets of earlier
+    windows and steps reach the switch while later uses of their slots fill, late
+    results reach workers waiting for another use. The switch drops the stale packets
+    (counted), the workers drop the stale results (counted); every sum stays exact."""
+    rng = np.random.default_rng(21)
+    p, k = 5, 4
+    link = LinkModel(loss=0.05, duplicate=0.1, delay=0.3, max_delay=6)
+    ar = SwitchAllreduce(p, k, pool_size=4, up=link, down=link, seed=3,
+                         wire=engine == "wire")
+    stale_results = late = 0
+    for n in (40, 17, 64, 40):
+        X = (rng.normal(size=(p, n)) * rng.uniform(0.1, 10)).astype(np.float32)
+        out, stats = ar.allreduce(X)
+        assert _exact_or_fallback(X, out, stats, k) == 0
+        assert stats.fallback_chunks["overflow"] == 0
+        stale_results += stats.stale_results
+        late += stats.late_packets
+    assert late > 50 and stale_results > 0
+    assert ar.switch.drop_counts()["stale"] > 0  # late copies of earlier uses
+
+
+def test_delay_is_bit_for_bit_the_same_in_both_engines():
+    """The compiled engine's hold buffers and the wire engine's held wire packets
+    deliver the same packets in the same order: same sums, same counters."""
+    rng = np.random.default_rng(22)
+    p, k = 4, 8
+    link = LinkModel(loss=0.1, duplicate=0.1, reorder=2, delay=0.25, max_delay=4)
+    engines = [SwitchAllreduce(p, k, pool_size=3, up=link, down=link, seed=9, wire=w)
+               for w in (False, True)]
+    for n in (100, 37, 100):
+        X = rng.normal(size=(p, n)).astype(np.float32)
+        (a, sa), (b, sb) = (e.allreduce(X) for e in engines)
+        assert np.array_equal(a, b)
+        da, db = sa.as_dict(), sb.as_dict()
+        for key in ("rounds", "packets_up", "packets_down", "late_packets",
+                    "stale_results", "results_lost", "duplicate_results",
+                    "fallback_chunks", "switch_drops"):
+            assert da[key] == db[key], key
+
+
+def test_a_link_that_delays_needs_bounded_delay():
+    with pytest.raises(ValueError, match="max_delay"):
+        LinkModel(delay=0.1)
+    with pytest.raises(ValueError, match="max_delay"):
+        LinkModel(delay=0.1, max_delay=10**6)
+    with pytest.raises(ValueError, match="delay"):
+        LinkModel(delay=1.5, max_delay=2)

@@ -60,6 +60,10 @@ class Network:
     down_loss: float = 0.0  #: Bernoulli loss, switch → worker (multicast/unicast results)
     duplicate: float = 0.0  #: probability a packet arrives twice (both directions)
     reorder: int = 0  #: maximum reordering displacement in packets (both directions)
+    #: probability a packet is held back and arrives 1 … max_delay rounds later, in a
+    #: later window or step (both directions; needs max_delay >= 1)
+    delay: float = 0.0
+    max_delay: int = 0  #: rounds a delayed packet is late by, at most
     burst: list[float] = field(default_factory=list)  #: Gilbert–Elliott (p_gb, p_bg, l_g, l_b)
     lossy_workers: list[int] = field(default_factory=list)  #: links with loss; empty = all
     k: int = 64  #: int32 values per packet

@@ -84,6 +84,7 @@ def validate(s: Scenario) -> None:
     _checked("network.down_loss", LinkModel, loss=n.down_loss)
     _checked("network.duplicate", LinkModel, duplicate=n.duplicate)
     _checked("network.reorder", LinkModel, reorder=n.reorder)
+    _checked("network.delay", LinkModel, delay=n.delay, max_delay=n.max_delay)
     if n.burst:
         _checked("network.burst", LinkModel, burst=tuple(n.burst))
     bad = [i for i in n.lossy_workers if not 0 <= i < w.p]
