@@ -52,7 +52,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from emulator.offload import GuardSwitch, SketchSwitch
 from host.switch_allreduce import AllreduceStats, SwitchAllreduce
+from innet.quant.block_float import EXP_MAX, EXP_MIN, scale_of
 from innet.aggregators.base import VALUE_BYTES, Cost
 from innet.aggregators.flag import FlagAggregator, default_m
 from innet.quant.control_plane import OUTPUT_CODES, fa_irls
@@ -97,7 +99,9 @@ def integer_gram(Yq: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OffloadStats:
-    checks_failed: list[int] = field(default_factory=list)  #: workers whose checksum failed
+    checks_failed: list[int] = field(default_factory=list)  #: workers that failed a check
+    checksum_failed: list[int] = field(default_factory=list)  #: … the public checksum
+    gram_failed: list[int] = field(default_factory=list)  #: … the secret Gram check
     quarantined: list[int] = field(default_factory=list)  #: workers left out of this step
     fallback: bool = False  #: the step went to the PS (full FA)
     clamped_values: int = 0  #: phase-2 values the switch bound clamped
@@ -124,8 +128,9 @@ class OffloadedFA:
     def __init__(self, p: int, f: int = 0, k_prime: int = 4096, W: int = 24, b: int = 16,
                  solver: str = "bfp", seed: int = 0, switch: SwitchAllreduce | None = None,
                  defences: bool = True, tol: float = 0.02, check_buckets: int | None = None,
-                 quarantine: int = 10, **fa_params):
-        self.check_params(k_prime, W, b, solver, quarantine)
+                 quarantine: int = 10, secret_buckets: int = 64,
+                 secret_tol: float | None = None, **fa_params):
+        self.check_params(k_prime, W, b, solver, quarantine, secret_buckets, secret_tol)
         self.quarantine = quarantine
         #: worker → steps of quarantine left
         self.quarantine_left: dict[int, int] = {}
@@ -142,6 +147,17 @@ class OffloadedFA:
             fa_irls(np.eye(2), 1, 1, 0.0, 1e-7, 0, W, 1)
         self.full = FlagAggregator(f=f, **fa_params)  # the PS fallback
         self.switch = switch or SwitchAllreduce(p, 64, 512, seed=seed)
+        self.sketch_k = 64 if k_prime % 64 == 0 else 1  #: values per phase-1 packet
+        self._store: SketchSwitch | None = None
+        #: the secret sketch: secret_buckets × k buckets per worker, drawn per step
+        self.secret_buckets = secret_buckets
+        m = secret_buckets * self.switch.k
+        #: tolerance of the secret Gram check, relative to |c_i c_j|‖g_i‖‖g_j‖: six
+        #: standard deviations of the two sketches' honest error (a CountSketch with m
+        #: buckets estimates an inner product within sd √(2/m) of the norms' product)
+        self.secret_tol = (6 * np.sqrt(2 / m + 2 / k_prime) if secret_tol is None
+                           else secret_tol)
+        self.guard: GuardSwitch | None = None
         self._sketch: CountSketch | None = None
         self._secret = np.random.default_rng(seed + 7919)  # the control plane's, not shared
         self.step = 0
@@ -150,7 +166,8 @@ class OffloadedFA:
         self.phase2_attack = None
 
     @staticmethod
-    def check_params(k_prime: int, W: int, b: int, solver: str, quarantine: int = 10) -> None:
+    def check_params(k_prime: int, W: int, b: int, solver: str, quarantine: int = 10,
+                     secret_buckets: int = 64, secret_tol: float | None = None) -> None:
         """The offload's own parameters, checked; the ValueError's message starts with
         the parameter's name (scenario validation reports it under that key)."""
         if not isinstance(k_prime, int) or k_prime < 1:
@@ -163,6 +180,13 @@ class OffloadedFA:
             raise ValueError(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
         if not isinstance(quarantine, int) or isinstance(quarantine, bool) or quarantine < 0:
             raise ValueError(f"quarantine: steps must be an integer >= 0, got {quarantine!r}")
+        if (not isinstance(secret_buckets, int) or isinstance(secret_buckets, bool)
+                or not 1 <= secret_buckets <= 4096):
+            raise ValueError(f"secret_buckets: must be an integer in 1..4096, got "
+                             f"{secret_buckets!r}")
+        if secret_tol is not None and not (isinstance(secret_tol, (int, float))
+                                           and 0 < secret_tol < float("inf")):
+            raise ValueError(f"secret_tol: must be a number > 0, got {secret_tol!r}")
 
     def worker_cost(self, n: int) -> Cost:
         """Modelled cost of one worker's phase-1 work on its n values: the norm pass,
@@ -182,8 +206,9 @@ class OffloadedFA:
 
     # -- phase 1 ---------------------------------------------------------------------
     def coefficients(self, G: np.ndarray, stats: OffloadStats | None = None):
-        """Phase 1: norms, quantised sketches (workers), the sketched Gram, FA's c
-        (control plane). ``stats`` receives the measured times of both parts."""
+        """Phase 1: norms, quantised sketches (workers), the sketch packets through the
+        switch's ``sketch_store`` program, the sketched Gram from its registers and
+        FA's c (control plane). ``stats`` receives the measured times of both parts."""
         tick = time.perf_counter()
         norms = np.linalg.norm(G, axis=1)
         unit = G / np.where(norms > 0, norms, 1.0)[:, None]
@@ -191,24 +216,41 @@ class OffloadedFA:
         tock = time.perf_counter()
         if stats is not None:
             stats.worker_sketch_s = (tock - tick) / G.shape[0]
+        Yq = self._through_sketch_store(Yq)
         c = self._control_plane(Yq, norms)
         if stats is not None:
             stats.control_plane_s = time.perf_counter() - tock
         return c, norms, Yq, scale
 
+    def _through_sketch_store(self, Yq: np.ndarray) -> np.ndarray:
+        """The workers' sketch packets through the switch's phase-1 program; the
+        control plane reads the stored sketches back from its registers."""
+        p = Yq.shape[0]
+        if self._store is None or self._store.p != p:
+            self._store = SketchSwitch(p, self.k_prime, self.sketch_k)
+        self._store.clear()
+        self._store.send_sketches(Yq)
+        if not self._store.complete:  # cannot happen on a lossless phase 1
+            raise RuntimeError(f"phase 1 incomplete: {self._store.drop_counts()}")
+        return self._store.read()
+
     def _control_plane(self, Yq: np.ndarray, norms: np.ndarray) -> np.ndarray:
         """FA's coefficients from the switch's integer sketches and the norms."""
-        dots = integer_gram(Yq)
-        sk_norm = np.sqrt(np.diag(dots))
-        safe = np.where(sk_norm > 0, sk_norm, 1.0)
-        cos = dots / np.outer(safe, safe)
-        Kg = cos * np.outer(norms, norms)  # ‖g_i‖‖g_j‖·cos from the sketch
+        Kg = self._sketched_gram(Yq, norms)
         if self.compiled:
             fa = self.fa
             c, _, _ = fa_irls(Kg, fa.m or default_m(Kg.shape[0]), fa.iters, fa.tol,
                                   fa.eps, OUTPUT_CODES[fa.output], self.W, 20)
             return c
         return self.fa.solve_gram(torch.from_numpy(Kg)).c.numpy()
+
+    @staticmethod
+    def _sketched_gram(Yq: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """‖g_i‖‖g_j‖·cos(y_i, y_j): the Gram matrix phase 1 promises."""
+        dots = integer_gram(Yq)
+        sk_norm = np.sqrt(np.diag(dots))
+        safe = np.where(sk_norm > 0, sk_norm, 1.0)
+        return dots / np.outer(safe, safe) * np.outer(norms, norms)
 
     # -- phase 2 ---------------------------------------------------------------------
     def aggregate(self, G) -> tuple[np.ndarray, OffloadStats]:
@@ -228,45 +270,99 @@ class OffloadedFA:
         Yq[active] = Yq_a
         scale = np.zeros(p)
         scale[active] = scale_a
+        K = np.zeros((p, p))
+        K[np.ix_(active, active)] = self._sketched_gram(Yq_a, norms_a)
         self.quarantine_left = {w: left - 1 for w, left in self.quarantine_left.items()
                                 if left > 1}
         self.last_c = c  #: the control plane's coefficients of the last step
         V = c[:, None] * G  # what honest workers send
         if self.phase2_attack is not None:
             V = self.phase2_attack(V.copy(), c, self.sketch_of(G.shape[1]))
+        V = V.astype(np.float32)
         if self.defences:
-            bound = np.abs(c) * norms
-            over = np.abs(V) > bound[:, None]
-            stats.clamped_values = int(over.sum())
-            V = np.clip(V, -bound[:, None], bound[:, None])
-            failed = self._check(V, c, norms, Yq, scale)
-            stats.checks_failed = [w for w in failed if w in set(active.tolist())]
+            plan = self._arm_guard(c, norms, G.shape[1])
+            self.switch.guard = self.guard
+        total, stats.phase2 = self.switch.allreduce(V)
+        self.switch.guard = None
+        if self.defences:
+            public, gram, stats.clamped_values = self._check(plan, c, norms, Yq, scale, K,
+                                                             active)
+            stats.checksum_failed, stats.gram_failed = public, gram
+            stats.checks_failed = sorted(set(public) | set(gram))
+        self.step += 1
         if stats.checks_failed:
             stats.fallback = True  # the PS runs full FA on the float gradients
             if self.quarantine:
                 for w in stats.checks_failed:
                     self.quarantine_left[w] = self.quarantine
-            self.step += 1
             return self.full.solve(torch.from_numpy(G)).aggregate.numpy(), stats
-        total, stats.phase2 = self.switch.allreduce(V.astype(np.float32))
-        self.step += 1
         return total, stats
 
-    def _check(self, V, c, norms, Yq, scale) -> list[int]:
-        """The secret ±1 checksum of each worker's phase-2 stream against phase 1."""
-        sk = self.sketch_of(V.shape[1])
+    def _arm_guard(self, c, norms, n: int) -> dict:
+        """Control plane, before phase 2: the step's reference exponent (2^e_ref bounds
+        every honest value |c_i·g_ij| ≤ |c_i|·‖g_i‖), each worker's bound in that
+        scale, the public check's secret bucket signs ρ (codes ρ_h(j)·σ(j) per
+        coordinate, 0 outside the checked buckets) and the secret sketch's tables."""
+        p, k = len(c), self.switch.k
+        C = -(-n // k)
+        if self.guard is None or self.guard.p != p or self.guard.chunks < C:
+            self.guard = GuardSwitch(p, k, chunks=max(C, 1), secret_buckets=self.secret_buckets)
+        bound = np.abs(c) * norms
+        top = float(bound.max(initial=0.0))
+        e_ref = int(np.clip(np.frexp(top)[1] if top > 0 else EXP_MIN, EXP_MIN, EXP_MAX))
+        f_ref = float(scale_of(e_ref, p))
+        bound_ref = np.minimum(np.floor(bound * f_ref) + 1, 2**31 - 1).astype(np.int32)
+        sk = self.sketch_of(n)
         R = self._secret.choice(self.k_prime, size=self.check_buckets, replace=False)
         rho = np.zeros(self.k_prime)
         rho[R] = self._secret.choice(np.array([-1.0, 1.0]), size=len(R))
-        s = rho[sk.bucket] * sk.sign  # the switch's per-coordinate multiplier, in {−1, 0, 1}
-        observed = V @ s
+        codes = np.zeros(C * k, np.int8)
+        codes[:n] = (rho[sk.bucket] * sk.sign).astype(np.int8)
+        bucket_of = self._secret.integers(0, self.secret_buckets, size=C)
+        signs = self._secret.choice(np.array([-1, 1], np.int8), size=(C, k))
+        self.guard.arm(bound_ref, e_ref, codes.reshape(C, k), bucket_of, signs)
+        return {"f_ref": f_ref, "rho": rho, "R": R, "checked": int((codes != 0).sum())}
+
+    def _check(self, plan, c, norms, Yq, scale, K, active) -> tuple[list[int], int]:
+        """The control plane reads the guard's registers and checks each active worker:
+
+        * public checksum: Σ_j ρ_h(j)·σ(j)·v_j (the switch's, in the reference scale)
+          against c_i·‖g_i‖·Σ_r ρ_r·ŷ_ir from phase 1;
+        * secret Gram: the phase-2 vectors' Gram from the secret sketch, Z·Zᵀ, against
+          c_i·c_j·K_ij from phase 1. Worker i fails if its own entry (its norm) is off by
+          more than ``secret_tol`` × |c_i|²‖g_i‖², or more than f of its entries with
+          the other workers are off by more than ``secret_tol`` × |c_i c_j|‖g_i‖‖g_j‖.
+
+        Returns (workers failing the checksum, workers failing the Gram check, clamped
+        lanes)."""
+        checksum, secret, clamped = self.guard.read()
+        unit = 1.0 / plan["f_ref"]
+        rho, R = plan["rho"], plan["R"]
         y = Yq * scale[:, None]  # phase-1 sketches, dequantised
+        observed = checksum * unit
         expected = c * norms * (y @ rho)
-        # honest deviation: the sketch's b-bit rounding on the |R| secret buckets and
-        # phase 2's own rounding; scale by the checksum's natural size
+        # honest deviation: the sketch's b-bit rounding on the |R| secret buckets, and
+        # phase 2's rounding (half a unit of the packet's scale, at most half a unit of
+        # the reference scale) plus the shift's truncation (< 1 unit) per checked value
         size = np.abs(c) * norms * np.sqrt((y[:, R] ** 2).sum(axis=1))
-        slack = self.tol * size + np.abs(c) * norms * len(R) * scale
-        return np.flatnonzero(np.abs(observed - expected) > slack + 1e-12).tolist()
+        slack = (self.tol * size + np.abs(c) * norms * len(R) * scale
+                 + 1.5 * unit * plan["checked"])
+        public = np.abs(observed - expected) > slack + 1e-12
+        Z = secret * unit
+        Gz = Z @ Z.T
+        B = np.abs(c) * norms
+        S = np.outer(B, B)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dev = np.where(S > 0, np.abs(Gz - np.outer(c, c) * K) / S, 0.0)
+        act = np.zeros(len(c), bool)
+        act[active] = True
+        act &= B > 0
+        gram = act & (np.diag(dev) > self.secret_tol)  # its norm is not what it claimed
+        others = act & ~gram
+        off_diag = (dev > self.secret_tol) & others[None, :] & ~np.eye(len(c), dtype=bool)
+        gram |= others & (off_diag.sum(axis=1) > self.f)  # disagrees with more than f others
+        return (np.flatnonzero(public & act).tolist(), np.flatnonzero(gram).tolist(),
+                int(clamped.sum()))
 
 
 # -- phase-2 attacks (the worker sent an honest sketch in phase 1) ---------------------

@@ -540,6 +540,10 @@ class SwitchAllreduce:
         self.dead: set[int] = set()
         #: optional f(Q, window) -> Q: what Byzantine workers do to the integers they send
         self.tamper = None
+        #: optional f(Q, first_chunk, exponents) -> Q: switch stages in front of the sum
+        #: that see every worker's packets of a window once, before they are added
+        #: (the FA offload's phase-2 guard, :class:`emulator.offload.GuardSwitch`)
+        self.guard = None
         self.step = 0
         self.wire = wire
         self.capture = capture
@@ -776,8 +780,13 @@ class SwitchAllreduce:
             real = min(hi, C) - lo  # chunks of this window inside the vector
             f = scale_of(agreed, p)
             e_next = chunk_exponents(X, k, hi, P)
-            if self.tamper is not None:  # Byzantine integers: materialise what is sent
-                Q = self.tamper(quantize_chunks(X, lo, f, k), b)
+            if self.tamper is not None or self.guard is not None:
+                # Byzantine integers, or a guard that reads them: materialise what is sent
+                Q = quantize_chunks(X, lo, f, k)
+                if self.tamper is not None:
+                    Q = self.tamper(Q, b)
+                if self.guard is not None:
+                    Q = self.guard(Q, lo, agreed)
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats,
                                                          first_chunk=lo)
             elif self.wire:  # the wire engine encodes a send buffer, reused window after window

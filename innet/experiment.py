@@ -121,7 +121,8 @@ def build_offload(scenario: Scenario, path: AggregationPath, switch: SwitchAllre
     off = fa_offload.OffloadedFA(
         p or scenario.workers.p, scenario.workers.f, k_prime=params["k_prime"],
         W=params["W"], b=params["b"], solver=params["solver"], seed=scenario.seed, switch=switch,
-        defences=params["defences"], quarantine=params["quarantine"], **fa_params)
+        defences=params["defences"], quarantine=params["quarantine"],
+        secret_buckets=params["secret_buckets"], secret_tol=params["secret_tol"], **fa_params)
     attack = params["phase2_attack"]
     if attack != "none" and byz:
         off.phase2_attack = {"scaled": fa_offload.scaled_phase2,

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from p4_models.targets import Target
 
 #: what a stateful ALU can do (REFERENCE §4.4): no multiply, divide, float or loop
+#: (shifts by a per-packet amount come from a table lookup, as on Tofino)
 ALU_OPS = frozenset(
     {"read", "write", "add", "sub", "sat_add", "sat_sub", "min", "max", "and", "or", "xor",
-     "andnot", "compare"}
+     "andnot", "compare", "shl", "shr"}
 )
 
 

@@ -66,16 +66,23 @@ def test_phase2_lies_are_caught_and_fall_back_to_full_fa(attacked_gradients, att
     assert np.allclose(agg, full)
 
 
-def test_null_space_deviation_is_not_caught_and_its_damage_is_measured(attacked_gradients):
-    """The limit of a public sketch: δ with Sδ = 0 passes every checksum."""
+def test_null_space_deviation_passes_the_public_checksum_and_fails_the_secret_gram(
+        attacked_gradients):
+    """The limit of a public sketch: δ with Sδ = 0 passes the public checksum. The
+    switch's secret sketch of the phase-2 stream sees it: the liars' Gram entries are
+    far from what phase 1 promised, the step falls back to full FA."""
     G = attacked_gradients
     full = FlagAggregator(f=3).solve(torch.from_numpy(G)).aggregate.numpy()
-    off = OffloadedFA(15, 3)
-    off.phase2_attack = null_space_phase2([3, 4, 5])
+    liars = [3, 4, 5]
+    off = OffloadedFA(15, 3, quarantine=0)
+    off.phase2_attack = null_space_phase2(liars)
     agg, stats = off.aggregate(G)
-    assert not stats.fallback and not stats.checks_failed
-    damage = np.linalg.norm(agg - full) / np.linalg.norm(full)
-    assert damage > 0.5  # large, and reported in docs/FA_OFFLOAD.md
+    assert stats.checksum_failed == []  # the public sketch's null space, as before
+    assert stats.gram_failed == liars and stats.checks_failed == liars and stats.fallback
+    assert np.allclose(agg, full)
+    off.defences = False  # without the checks, the damage the check prevents
+    agg, stats = off.aggregate(G)
+    assert np.linalg.norm(agg - full) / np.linalg.norm(full) > 0.5
 
 
 def test_honest_steps_never_trip_the_checksum():
@@ -258,21 +265,32 @@ def test_sparse_deviations_are_caught_at_the_rate_the_formula_states(attacked_gr
     rng = np.random.default_rng(d)
     liar = 5
 
+    lied = []
+
     def sparse(V, c, sketch):
         buckets = rng.choice(k_prime, size=d, replace=False)
         bound = abs(c[liar]) * np.linalg.norm(G[liar])
+        lied.append(False)
         for b in buckets:
             where = np.flatnonzero(sketch.bucket == b)
             if where.size:
                 j = where[rng.integers(where.size)]
                 V[liar, j] = -np.sign(V[liar, j] or 1.0) * bound
+                lied[-1] = True
         return V
 
     off.phase2_attack = sparse
-    caught = sum(liar in off.aggregate(G)[1].checks_failed for _ in range(steps))
+    caught = missed = 0
+    for _ in range(steps):
+        stats = off.aggregate(G)[1]
+        caught += liar in stats.checksum_failed
+        missed += lied[-1] and liar not in stats.checks_failed
     lower, upper = catch_bounds(k_prime, checked, d)
     sd = np.sqrt(0.25 / steps)
     assert lower - 4 * sd <= caught / steps <= upper + 4 * sd, (caught / steps, lower, upper)
+    # the secret Gram check sees what the sampled checksum misses: one coordinate at
+    # the bound at least doubles the worker's norm
+    assert missed == 0
     if d == 1:  # one bucket: no cancellation, the bounds meet at |R|/k′
         assert lower == upper == pytest.approx(checked / k_prime)
     assert sk.k_prime == k_prime
@@ -299,7 +317,12 @@ def test_the_default_checksum_covers_every_bucket(attacked_gradients, d):
         return V
 
     off.phase2_attack = sparse
-    caught = sum(liar in off.aggregate(G)[1].checks_failed for _ in range(steps))
+    caught = both = 0
+    for _ in range(steps):
+        stats = off.aggregate(G)[1]
+        caught += liar in stats.checksum_failed
+        both += liar in stats.checks_failed
+    assert both == steps  # with the secret Gram check: every step
     lower, upper = catch_bounds(off.k_prime, off.k_prime, d)
     assert upper == pytest.approx(1.0)
     assert caught / steps >= lower - 4 * np.sqrt(0.25 / steps), (caught / steps, lower)

@@ -148,7 +148,8 @@ VIAS = ("ps", "switch", "offload")
 SWITCH_RULES = ("mean",)
 #: parameters of an ``offload`` path that are not FA's (host.fa_offload.OffloadedFA)
 OFFLOAD_PARAMS = {"k_prime": 4096, "W": 24, "b": 16, "solver": "bfp", "defences": True,
-                  "phase2_attack": "none", "quarantine": 10}
+                  "phase2_attack": "none", "quarantine": 10, "secret_buckets": 64,
+                  "secret_tol": None}
 PHASE2_ATTACKS = ("none", "scaled", "replace", "null_space")
 
 

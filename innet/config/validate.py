@@ -161,7 +161,8 @@ def validate(s: Scenario) -> None:
                 raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {w.p}")
             try:  # the offload's own checks (host.fa_offload.OffloadedFA)
                 OffloadedFA.check_params(off["k_prime"], off["W"], off["b"], off["solver"],
-                                         off["quarantine"])
+                                         off["quarantine"], off["secret_buckets"],
+                                         off["secret_tol"])
             except ValueError as err:
                 raise ScenarioError(f"{key}.params.{err}") from None
             _choice(f"{key}.params.phase2_attack", off["phase2_attack"], PHASE2_ATTACKS)
