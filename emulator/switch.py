@@ -26,36 +26,6 @@ INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
 
 
 @numba.njit(cache=True, inline="always")
-def _saturating_add(regs, idx, source, r, k):
-    """Processor: regs[idx] += source[r] lane by lane, clamped to int32; returns
-    whether any lane clamped.
-
-    The common case is an int32 add that cannot overflow (SwitchML's scaling keeps
-    honest sums in range), so the lanes are added wrapping in 32 bits — twice the SIMD
-    lanes of an int64 add and clamp — and a lane overflowed exactly when the sign bit
-    of (a ^ t) & (b ^ t) is set. Only then are the wrapped lanes clamped, from t and b
-    (a = t − b). Equal to the clamp of the int64 sum, lane by lane."""
-    dst = regs[idx]
-    src = source[r]
-    wrapped = np.int32(0)  # an int, not a bool: a bool reduction stops LLVM vectorising
-    for j in range(k):
-        a = dst[j]
-        b = src[j]
-        t = np.int32(np.int64(a) + np.int64(b))
-        wrapped |= (a ^ t) & (b ^ t)
-        dst[j] = t
-    if wrapped >= 0:
-        return 0
-    for j in range(k):
-        t = dst[j]
-        b = src[j]
-        a = np.int32(np.int64(t) - np.int64(b))
-        if ((a ^ t) & (b ^ t)) < 0:
-            dst[j] = INT32_MAX if b > 0 else INT32_MIN
-    return 1
-
-
-@numba.njit(cache=True, inline="always")
 def use_key(step, packet_id):
     """The use of a slot a packet belongs to: its step and packet_id header fields
     (u32 each) as one 64-bit key. Successive uses of one
@@ -65,11 +35,13 @@ def use_key(step, packet_id):
 
 
 @numba.njit(cache=True, inline="always")
-def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
+def switch_packet(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                   job, w, v, s, flags, exponent, count, use, ingress, source, r,
                   bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, lane):
-    """One packet through the streaming-sum program; its k values are source[r] and
-    ``use`` its :func:`use_key`.
+    """One packet through the streaming-sum program: the parser's and access checks,
+    then the program's stages (:mod:`p4_models.switchml_sum`) and its decision table.
+    Its k values are source[r], ``use`` its :func:`use_key`; ``exp_cap`` the job's
+    exponent cap and ``port_of_worker`` its ingress table (control-plane state).
     Returns (kind, register index): kind 0 = nothing sent, MULTICAST = the completed
     slot goes to every worker, UNICAST = the kept result goes back to worker w,
     -1 = dropped (counted in drops[lane] by reason). Shared by the batch pipeline below and
@@ -91,53 +63,27 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
         drops[lane, SLOT_RANGE] += 1
         return -1, 0
     idx = v * pool_size + s
-    # UseCheck: a packet of an earlier use of this slot set (a late or replayed copy)
-    # is dropped; one of a later use starts that use afresh (the slot's set is then
-    # either finished or holds a use started by such a stale packet)
-    current = use_reg[s, v]  # both sets' keys of a slot side by side: one cache line
-    if use < current:
+    # the program's stages, in pipeline order (p4_models.switchml_sum)
+    stale, newer = ss.use_check(use_reg, s, v, use)
+    if stale:
         drops[lane, STALE] += 1
         return -1, 0
-    newer = use > current
-    if newer:
-        use_reg[s, v] = use
-    # UpdateAndCheckWorkerBitmap: one 64-bit entry, set v in bits [32v, 32v+32)
-    mine = np.uint64(1) << np.uint64(32 * v + w)
-    theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
-    entry = bitmap[s]
-    if newer:  # the bits of set v belong to the use before: forget them
-        entry &= ~(np.uint64(0xFFFFFFFF) << np.uint64(32 * v))
-    seen = 1 if (entry & mine) != 0 else 0
-    entry |= mine
-    # SwitchML clears my bit in the other set: that set's use is over for me. Only a
-    # packet of a later use than the other set's may say so; the same packet sent to
-    # the other set (a worker toggling its shadow bit) must not, or its next copy to
-    # this set would count again
-    if use > use_reg[s, 1 - v]:
-        entry &= ~theirs
-    bitmap[s] = entry
-    # WorkersCounter
-    c = 0 if newer else counter[idx]
-    if c >= p:  # the use is complete: a packet of it is a copy (whose bit a later use in
-        seen = 1  # the other set may have cleared), answered with the kept result
-    in_progress = 1 if (c > 0 and c < p) else 0
-    last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
-    action = table[seen, in_progress, last]
+    seen = ss.set_mine_clear_other(bitmap, use_reg, s, v, w, use, newer)
+    c, seen, in_progress, last = ss.count(counter, idx, newer, p, seen)
+    action = table[seen, in_progress, last]  # the const-entries decision table
     if action == ss.DROP_DUPLICATE:
         drops[lane, DUPLICATE] += 1
         return 0, idx
     if action == ss.WRITE_FIRST or action == ss.WRITE_FIRST_AND_MULTICAST:
         counter[idx] = 1
-        exp_reg[idx] = exponent
+        ss.max_exponent(exp_reg, idx, exponent, exp_cap, True)
         ovf_reg[idx] = 0
-        for j in range(k):
-            regs[idx, j] = source[r, j]
+        ss.write_first(regs, idx, source, r, k)
     elif action == ss.ADD or action == ss.ADD_AND_MULTICAST:
         counter[idx] = c + 1
-        if exponent > exp_reg[idx]:  # ExponentMax
-            exp_reg[idx] = exponent
-        if _saturating_add(regs, idx, source, r, k):
-            ovf_reg[idx] = 1  # sticky overflow flag
+        ss.max_exponent(exp_reg, idx, exponent, exp_cap, False)
+        if ss.sat_accumulate(regs, idx, source, r, k):
+            ovf_reg[idx] = 1  # OverflowFlag: sticky
     if action == ss.UNICAST_RESULT:
         return UNICAST, idx
     if action == ss.WRITE_FIRST_AND_MULTICAST or action == ss.ADD_AND_MULTICAST:
@@ -146,7 +92,7 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table,
 
 
 @numba.njit(cache=True, parallel=True)
-def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
+def _pipeline(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
               job, worker, shadow, slot, flags, exponent, count, step, packet_id, ingress,
               source, rows,
               bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
@@ -171,7 +117,7 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                 valid_slot = s >= 0 and s < pool_size and v >= 0 and v <= 1
                 if (((s >> 6) if valid_slot else i) & (n_lanes - 1)) != q:
                     continue
-            kind, idx = switch_packet(job_id, p, pool_size, k, port_of_worker, table,
+            kind, idx = switch_packet(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                                       job[i], worker[i], shadow[i], s, flags[i], exponent[i],
                                       count[i], use_key(step[i], packet_id[i]), ingress[i],
                                       source, rows[i],
@@ -299,6 +245,9 @@ class SumSwitch:
                 or self.use.shape != (pool_size, 2)):
             raise ValueError("registers do not match pool_size and k")
         self.drops = np.zeros(len(DROP_REASONS), dtype=np.int64)
+        #: control plane: the largest block exponent a proposal may set (Exponents
+        #: stage); 127, the header's range, unless the control plane knows better
+        self.exponent_cap = 127
         self.packets_in = 0
         self._out = None
         self._res = None
@@ -354,6 +303,7 @@ class SumSwitch:
         drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
         n_out = np.zeros(lanes, np.int64)
         _pipeline(self.job, self.p, self.pool_size, self.k, self.port_of_worker, self.table,
+                  np.int32(self.exponent_cap),
                   lanes, h["job"], h["worker"], h["shadow"], h["slot"], h["flags"],
                   h["exponent"], h["count"], step, packet_id,
                   np.ascontiguousarray(ingress, dtype=np.int32),

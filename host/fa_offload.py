@@ -279,11 +279,18 @@ class OffloadedFA:
         if self.phase2_attack is not None:
             V = self.phase2_attack(V.copy(), c, self.sketch_of(G.shape[1]))
         V = V.astype(np.float32)
+        sw = self.switch.switch
         if self.defences:
             plan = self._arm_guard(c, norms, G.shape[1])
             self.switch.guard = self.guard
-        total, stats.phase2 = self.switch.allreduce(V)
-        self.switch.guard = None
+            if sw is not None:  # no honest block needs a larger exponent than e_ref
+                sw.exponent_cap = self.guard.e_ref
+        try:
+            total, stats.phase2 = self.switch.allreduce(V)
+        finally:
+            self.switch.guard = None
+            if sw is not None:
+                sw.exponent_cap = 127
         if self.defences:
             public, gram, stats.clamped_values = self._check(plan, c, norms, Yq, scale, K,
                                                              active)

@@ -154,7 +154,7 @@ def _is_current(key, v, s, step, first_chunk, shadow, m):
 
 
 @numba.njit(cache=True, parallel=True)
-def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
+def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
                    bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
                    mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
                    max_retries, up_params, up_state, down_params, down_state,
@@ -276,7 +276,7 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                         if ((s_h >> 6) & (n_lanes - 1)) != q:
                             continue
                         kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table,
+                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                             job_id, w, hu_shadow[w, h], s_h, hu_flags[w, h], hu_exp[w, h],
                             k, hu_use[w, h], port_of_worker[w], hu_values[w], h, bitmap,
                             use_reg, counter, exp_reg, ovf_reg, regs, drops, q)
@@ -288,7 +288,7 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                     use = use_key(step, first_chunk + c)  # the packet's step and packet_id
                     if mode == PAYLOAD_Q:  # read in place: Q is (p·m, k)
                         kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table,
+                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                             job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
                             port_of_worker[w], Q, w * m + c, bitmap, use_reg, counter,
                             exp_reg, ovf_reg, regs, drops, q)
@@ -296,7 +296,7 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, n_lanes,
                         if mode == PAYLOAD_X:  # the packet's k values, quantised now
                             _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
                         kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table,
+                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                             job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
                             port_of_worker[w], scratch, q, bitmap, use_reg, counter,
                             exp_reg, ovf_reg, regs, drops, q)
@@ -606,7 +606,8 @@ class SwitchAllreduce:
                 X, f, out = np.zeros((1, 1), np.float32), np.zeros(m), np.zeros(0)
             res = np.zeros((1, k), np.int32) if result is None else result
             rounds = _window_kernel(
-                self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table, lanes,
+                self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table,
+                np.int32(sw.exponent_cap), lanes,
                 sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
                 self.step, mode, Qa, X, first_chunk, f,
                 np.ascontiguousarray(e_next, dtype=np.int32), m, shadow, base_flags, live,

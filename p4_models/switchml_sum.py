@@ -17,16 +17,24 @@ Controls, in pipeline order, each owning its registers:
   that is already complete counts as seen whatever its bit says (a later use in the
   other set may have cleared it): it is a copy, answered with the kept result, and can
   never reopen the use with a second contribution from the same worker.
-* ``Exponents`` — max of the block exponents the workers propose for the next block.
+* ``Exponents`` — max of the block exponents the workers propose for the next block,
+  each capped at the control plane's bound for the job (``exponent_cap``).
 * ``OverflowFlag`` — sticky "a saturating add clipped" bit per slot.
 * ``Processor`` — k int32 lanes per slot, saturating add (first contribution writes).
 
 The per-packet decision is the const-entries table below, keyed on
 (seen, in_progress, last): ``seen`` my bit is already set in this set; ``in_progress``
 0 < counter < p; ``last`` this contribution makes the counter reach p.
+
+Each stage's register action is a Numba function below its declaration;
+:func:`emulator.switch.switch_packet` composes them, in this order, into the
+compiled per-packet function.
 """
 
 from __future__ import annotations
+
+import numba
+import numpy as np
 
 from innet import protocol
 from p4_models.program import Program, Register, RegisterAction, Stage
@@ -89,3 +97,104 @@ def streaming_sum(k: int = 64, pool_size: int = 512) -> Program:
         decision_table={key: ACTION_NAMES[a] for key, a in DECISION_TABLE.items()},
         decision_keys=("seen", "in_progress", "last"),
     )
+
+
+# -- the stages' register actions (the emulator composes them: emulator.switch) ---------
+INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
+
+
+@numba.njit(cache=True, inline="always")
+def use_check(use_reg, s, v, use):
+    """UseCheck.compare_and_advance: returns (stale, newer). A packet of an earlier use
+    of this slot set (a late or replayed copy) is stale; one of a later use advances
+    the key and starts that use afresh (the set is then either finished or holds a
+    use started by such a stale packet)."""
+    current = use_reg[s, v]  # both sets' keys of a slot side by side: one cache line
+    if use < current:
+        return True, False
+    newer = use > current
+    if newer:
+        use_reg[s, v] = use
+    return False, newer
+
+
+@numba.njit(cache=True, inline="always")
+def set_mine_clear_other(bitmap, use_reg, s, v, w, use, newer):
+    """UpdateAndCheckWorkerBitmap.set_mine_clear_other on the slot's 64-bit entry (set
+    v in bits [32v, 32v+32)): returns ``seen``, whether my bit was already set."""
+    mine = np.uint64(1) << np.uint64(32 * v + w)
+    theirs = np.uint64(1) << np.uint64(32 * (1 - v) + w)
+    entry = bitmap[s]
+    if newer:  # the bits of set v belong to the use before: forget them
+        entry &= ~(np.uint64(0xFFFFFFFF) << np.uint64(32 * v))
+    seen = 1 if (entry & mine) != 0 else 0
+    entry |= mine
+    # SwitchML clears my bit in the other set: that set's use is over for me. Only a
+    # packet of a later use than the other set's may say so; the same packet sent to
+    # the other set (a worker toggling its shadow bit) must not, or its next copy to
+    # this set would count again
+    if use > use_reg[s, 1 - v]:
+        entry &= ~theirs
+    bitmap[s] = entry
+    return seen
+
+
+@numba.njit(cache=True, inline="always")
+def count(counter, idx, newer, p, seen):
+    """WorkersCounter.count, read side: the decision keys (seen, in_progress, last) and
+    the count so far. A packet of a complete use is a copy whatever its bit says (a
+    later use in the other set may have cleared it): it is answered with the kept
+    result and can never reopen the use with a second contribution."""
+    c = 0 if newer else counter[idx]
+    if c >= p:
+        seen = 1
+    in_progress = 1 if (c > 0 and c < p) else 0
+    last = 1 if ((c + 1 == p) if in_progress == 1 else (p == 1)) else 0
+    return c, seen, in_progress, last
+
+
+@numba.njit(cache=True, inline="always")
+def max_exponent(exp_reg, idx, exponent, cap, first):
+    """Exponents.max_exponent: the first contribution writes, later ones keep the max;
+    a proposal above the control plane's cap is taken as the cap (a worker cannot
+    blow up the next block's scale past what the step's values can need)."""
+    e = min(exponent, cap)
+    if first or e > exp_reg[idx]:
+        exp_reg[idx] = e
+
+
+@numba.njit(cache=True, inline="always")
+def write_first(regs, idx, source, r, k):
+    """Processor, first contribution: the lanes are written."""
+    for j in range(k):
+        regs[idx, j] = source[r, j]
+
+
+@numba.njit(cache=True, inline="always")
+def sat_accumulate(regs, idx, source, r, k):
+    """Processor.sat_accumulate: regs[idx] += source[r] lane by lane, clamped to int32;
+    returns whether any lane clamped (OverflowFlag.sticky_or takes it).
+
+    The common case is an int32 add that cannot overflow (SwitchML's scaling keeps
+    honest sums in range), so the lanes are added wrapping in 32 bits — twice the SIMD
+    lanes of an int64 add and clamp — and a lane overflowed exactly when the sign bit
+    of (a ^ t) & (b ^ t) is set. Only then are the wrapped lanes clamped, from t and b
+    (a = t − b). Equal to the clamp of the int64 sum, lane by lane."""
+    dst = regs[idx]
+    src = source[r]
+    wrapped = np.int32(0)  # an int, not a bool: a bool reduction stops LLVM vectorising
+    for j in range(k):
+        a = dst[j]
+        b = src[j]
+        t = np.int32(np.int64(a) + np.int64(b))
+        wrapped |= (a ^ t) & (b ^ t)
+        dst[j] = t
+    if wrapped >= 0:
+        return 0
+    for j in range(k):
+        t = dst[j]
+        b = src[j]
+        a = np.int32(np.int64(t) - np.int64(b))
+        if ((a ^ t) & (b ^ t)) < 0:
+            dst[j] = INT32_MAX if b > 0 else INT32_MIN
+    return 1
