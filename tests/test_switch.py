@@ -314,15 +314,19 @@ failures = st.one_of(st.none(), st.tuples(st.integers(0, 6), st.integers(1, 4)).
 @given(seed=st.integers(0, 2**31), p=st.integers(2, 8), k=st.sampled_from([1, 4, 16]),
        n=st.integers(1, 200), pool=st.integers(1, 8), retries=st.integers(0, 3),
        loss=st.sampled_from([0.0, 0.1, 0.3]), up_down=failures, down_down=failures,
-       steps=st.integers(1, 3))
+       steps=st.integers(1, 3), delay=st.sampled_from([0.0, 0.1, 0.4]),
+       max_delay=st.integers(1, 6), duplicate=st.sampled_from([0.0, 0.2]))
 def test_lost_windows_never_give_a_silent_wrong_sum(seed, p, k, n, pool, retries, loss,
-                                                   up_down, down_down, steps):
-    """Failed ports over whole windows (up and down), loss, few retries, several steps
-    on one switch: every value is the exact sum to quantisation, whether the switch or
-    the PS fallback produced it."""
+                                                   up_down, down_down, steps, delay,
+                                                   max_delay, duplicate):
+    """Failed ports over whole windows (up and down), loss, duplication, delay across
+    rounds, few retries, several steps on one switch: every value is the exact sum to
+    quantisation, whether the switch or the PS fallback produced it."""
     rng = np.random.default_rng(seed)
-    up = [LinkModel(loss=loss, down_between=up_down if w == 0 else None) for w in range(p)]
-    down = [LinkModel(loss=loss, down_between=down_down if w == p - 1 else None)
+    common = dict(loss=loss, duplicate=duplicate, delay=delay,
+                  max_delay=max_delay if delay else 0)
+    up = [LinkModel(down_between=up_down if w == 0 else None, **common) for w in range(p)]
+    down = [LinkModel(down_between=down_down if w == p - 1 else None, **common)
             for w in range(p)]
     ar = SwitchAllreduce(p, k, pool_size=pool, up=up, down=down, seed=seed,
                          max_retries=retries)
