@@ -328,3 +328,80 @@ def test_the_default_checksum_covers_every_bucket(attacked_gradients, d):
     assert caught / steps >= lower - 4 * np.sqrt(0.25 / steps), (caught / steps, lower)
     if d == 1:
         assert caught == steps
+
+
+# -- the offload's programs, executed (emulator.offload) ---------------------------------
+def test_sketch_store_executes_its_declaration_and_counts_every_drop():
+    from emulator.offload import SketchSwitch
+
+    p, k_prime, k = 3, 16, 4
+    sw = SketchSwitch(p, k_prime, k)
+    declared = {r.name: r for st in sketch_store(p, k_prime, k).stages for r in st.registers}
+    for name, reg in sw.registers.items():
+        assert sw.registers[name].dtype == declared[name].dtype, name
+        assert sw.registers[name].size == declared[name].depth * declared[name].lanes, name
+    rng = np.random.default_rng(0)
+    Yq = rng.integers(-1000, 1000, size=(p, k_prime))
+    before = {n: r.copy() for n, r in sw.registers.items()}
+    # invalid packets only: wrong count, worker, ingress, index
+    sw.process([0, 7, 1, 2], [0, 0, 0, 99], np.zeros((4, k)), [0, 7, 0, 2],
+               count=[k - 1, k, k, k])
+    assert sw.drop_counts() == {"malformed": 1, "worker_out_of_range": 1,
+                                "wrong_ingress_port": 1, "index_out_of_range": 1,
+                                "duplicate": 0}
+    assert all(np.array_equal(before[n], r) for n, r in sw.registers.items())
+    sw.send_sketches(Yq)
+    sw.send_sketches(Yq + 1)  # retransmissions write nothing: idempotent
+    assert sw.complete and np.array_equal(sw.read(), Yq)
+    assert sw.drop_counts()["duplicate"] == p * k_prime // k
+
+
+def _guard_reference(Q, exps, e_ref, bound, codes, bucket_of, signs, B):
+    """Slow reference of the guard: per value, the bound in the packet's scale, the
+    clamp, the shift to the reference scale, the two signed sums."""
+    p, m, k = Q.shape
+    Q = Q.astype(np.int64).copy()
+    checksum = np.zeros(p, np.int64)
+    secret = np.zeros((p, B * k), np.int64)
+    clamped = np.zeros(p, np.int64)
+    for w in range(p):
+        for c in range(m):
+            shift = e_ref - exps[c]
+            b = int(bound[w])
+            b = min(b << shift, 2**31 - 1) if shift >= 0 else b >> -shift
+            for j in range(k):
+                v = int(Q[w, c, j])
+                if abs(v) > b:
+                    v = b if v > 0 else -b
+                    clamped[w] += 1
+                Q[w, c, j] = v
+                ref = v >> shift if shift >= 0 else v << -shift
+                checksum[w] += codes[c, j] * ref
+                secret[w, bucket_of[c] * k + j] += signs[c, j] * ref
+    return Q, checksum, secret, clamped
+
+
+def test_phase2_guard_matches_its_slow_reference():
+    from emulator.offload import GuardSwitch
+
+    rng = np.random.default_rng(5)
+    p, k, m, B = 4, 8, 12, 3
+    g = GuardSwitch(p, k, chunks=m, secret_buckets=B)
+    declared = {r.name: r for st in phase2_guard(p, k, B).stages for r in st.registers}
+    assert {n: r.dtype for n, r in g.registers.items()} == {n: r.dtype for n, r in
+                                                           declared.items()}
+    Q = rng.integers(-2**20, 2**20, size=(p, m, k)).astype(np.int32)
+    exps = rng.integers(-3, 4, size=m)
+    e_ref = 2
+    bound = rng.integers(2**14, 2**19, size=p).astype(np.int32)
+    codes = rng.integers(-1, 2, size=(m, k)).astype(np.int8)
+    bucket_of = rng.integers(0, B, size=m)
+    signs = rng.choice(np.array([-1, 1], np.int8), size=(m, k))
+    g.arm(bound, e_ref, codes, bucket_of, signs)
+    ref = _guard_reference(Q, exps, e_ref, bound, codes, bucket_of, signs, B)
+    out = g(Q[:, :5].copy(), 0, exps[:5])  # two windows
+    out2 = g(Q[:, 5:].copy(), 5, exps[5:])
+    assert np.array_equal(np.concatenate([out, out2], axis=1), ref[0])
+    checksum, secret, clamped = g.read()
+    assert np.array_equal(checksum, ref[1]) and np.array_equal(secret, ref[2])
+    assert np.array_equal(clamped, ref[3]) and clamped.sum() > 0
