@@ -5,11 +5,11 @@ arrival order (positions may repeat: duplicates). A delayed packet arrives in a 
 batch: :func:`hold_into` takes it out of this batch's arrivals and names the batch of
 this link it is due in (1 … ``max_delay`` batches later); the caller keeps the packet
 and delivers it first when that batch is sent. So packets arrive late across rounds,
-windows and steps — the late copies and late duplicates a switch must not count. The per-packet fate is drawn in a
-Numba kernel (:func:`transmit_into`) from a small counter-based generator
-(SplitMix64) whose state lives in the link's state vector, so the same kernel serves
-the Python :class:`Link` and the compiled allreduce rounds in ``host.switch_allreduce``
-with identical streams.
+windows and steps — the late copies and late duplicates a switch must not count.
+The per-packet fate is drawn in a Numba kernel (:func:`transmit_into`) from a small
+counter-based generator (SplitMix64) whose state lives in the link's state vector,
+so the same kernel serves the Python :class:`Link` and the compiled allreduce rounds
+in ``host.switch_allreduce`` with identical streams.
 """
 
 from __future__ import annotations

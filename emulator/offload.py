@@ -17,7 +17,6 @@ import numpy as np
 from p4_models import fa_sketch as fs
 from p4_models import phase2_guard, sketch_store
 
-
 #: registers whose entries are rows of k lanes (even for k = 1)
 LANE_REGISTERS = ("sketch", "checksum", "secret")
 
@@ -146,7 +145,8 @@ class GuardSwitch:
     """Phase 2's guard (:func:`p4_models.phase2_guard`) for p workers and packets of
     k lanes, a secret sketch of ``secret_buckets``·k buckets per worker, and steps of
     up to ``chunks`` chunks (the control-plane tables' size: the public check's codes
-    and the secret sketch's bucket and signs per chunk). Per step the control plane calls :meth:`arm`; the guard then
+    and the secret sketch's bucket and signs per chunk). Per step the control plane
+    calls :meth:`arm`; the guard then
     runs on every window's packets (:meth:`__call__`, the ``guard`` hook of
     :class:`host.switch_allreduce.SwitchAllreduce`) before the streaming sum adds
     them, so the checks see exactly the integers that are summed."""

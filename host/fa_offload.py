@@ -54,9 +54,9 @@ import torch
 
 from emulator.offload import GuardSwitch, SketchSwitch
 from host.switch_allreduce import AllreduceStats, SwitchAllreduce
-from innet.quant.block_float import EXP_MAX, EXP_MIN, scale_of
 from innet.aggregators.base import VALUE_BYTES, Cost
 from innet.aggregators.flag import FlagAggregator, default_m
+from innet.quant.block_float import EXP_MAX, EXP_MIN, scale_of
 from innet.quant.control_plane import OUTPUT_CODES, fa_irls
 from innet.quant.fixed_eigen import SOLVERS, torch_eigh
 

@@ -337,7 +337,7 @@ def test_sketch_store_executes_its_declaration_and_counts_every_drop():
     p, k_prime, k = 3, 16, 4
     sw = SketchSwitch(p, k_prime, k)
     declared = {r.name: r for st in sketch_store(p, k_prime, k).stages for r in st.registers}
-    for name, reg in sw.registers.items():
+    for name in sw.registers:
         assert sw.registers[name].dtype == declared[name].dtype, name
         assert sw.registers[name].size == declared[name].depth * declared[name].lanes, name
     rng = np.random.default_rng(0)
