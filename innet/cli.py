@@ -360,6 +360,65 @@ def cmd_inspect(args) -> int:
     return 0 if report.fits else 1
 
 
+def _add_switch(sub) -> None:
+    p = sub.add_parser(
+        "switch",
+        help="the switch emulator as a UDP server: serve, status, stop",
+        description="`innet switch serve` runs the switch emulator as a process that "
+        "receives innet packets over UDP in batches and answers with RESULT packets (the "
+        "same compiled program as `innet run`); `status` prints its counters as JSON; "
+        "`stop` shuts it down.",
+    )
+    ssub = p.add_subparsers(dest="switch_command", required=True)
+    serve = ssub.add_parser("serve", help="run a switch server until stopped")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0xBEE0,
+                       help="data port (default 0xBEE0 = 48864; 0: any free port, printed)")
+    serve.add_argument("--control-port", type=int, default=0, dest="control_port",
+                       help="control port (default 0: any free port, printed)")
+    serve.add_argument("-k", type=int, default=64, help="int32 values per packet (default 64)")
+    serve.add_argument("--batch", type=int, default=1024,
+                       help="datagrams per recvmmsg (default 1024)")
+    serve.add_argument("--idle-timeout", type=float, default=None, dest="idle_timeout",
+                       help="exit after this many seconds without a datagram")
+    for name in ("status", "stop"):
+        q = ssub.add_parser(name, help=f"{name} of a running switch server")
+        q.add_argument("--control", required=True, help="its control address HOST:PORT")
+
+
+def cmd_switch(args) -> int:
+    import json
+
+    from emulator.server import SwitchServer, request
+
+    if args.switch_command == "serve":
+        if not (args.port == 0 or 1 <= args.port <= 65535) or args.k < 1 or args.batch < 1:
+            raise config.ScenarioError("switch serve: --port must be 0..65535, -k and --batch "
+                                       ">= 1")
+        server = SwitchServer(args.host, args.port, args.control_port, args.k, args.batch)
+        (h, d), (_, c) = server.address, server.control_address
+        print(json.dumps({"data": [h, d], "control": [h, c], "k": args.k}), flush=True)
+        try:
+            server.serve_forever(args.idle_timeout)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+        return 0
+    host, _, port = args.control.rpartition(":")
+    if not host or not port.isdigit():
+        raise config.ScenarioError(f"switch {args.switch_command} --control: expected "
+                                   f"HOST:PORT, got {args.control!r}")
+    try:
+        answer = request((host, int(port)), {"op": "status" if args.switch_command == "status"
+                                             else "shutdown"})
+    except TimeoutError as err:
+        print(f"innet switch: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="innet", description="In-network robust gradient aggregation lab."
@@ -372,10 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_inspect(sub)
     _add_bench(sub)
     _add_pcap(sub)
+    _add_switch(sub)
     args = parser.parse_args(argv)
     commands = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
                 "compare": cmd_compare, "inspect": cmd_inspect, "bench": cmd_bench,
-                "pcap": cmd_pcap}
+                "pcap": cmd_pcap, "switch": cmd_switch}
     from innet.runs import RunFolderError
 
     try:

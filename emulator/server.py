@@ -1,0 +1,240 @@
+"""The switch emulator as a UDP server (``innet switch serve``): real packets in, the
+same compiled program out.
+
+The data socket receives innet packets in batches (``recvmmsg`` into a preallocated
+ring, :class:`innet.protocol.udp.BatchSocket`); each batch runs through the job's
+:class:`emulator.switch.SumSwitch` — the kernel the in-process engines use — and the
+answers go back as RESULT packets with ``sendmmsg``: a completed slot to every worker
+of the job (unicast to each: the emulated multicast), a kept result to the worker that
+asked. No Python runs per packet beyond the system calls.
+
+Ingress identity: the control plane leases a job with the workers' addresses; a
+packet's source address is its ingress port (worker i's address is port i), so a
+packet claiming worker i from another address is dropped as ``wrong_ingress_port``.
+
+Emulated links: per worker, an up and a down :class:`emulator.network.Link` (loss,
+Gilbert–Elliott, duplication, reordering), applied to each batch at ingress and to
+the answers at egress, seeded, so a run's emulated fate is reproducible; packets the
+kernel dropped for want of socket buffer are counted apart (``kernel_drops``).
+
+Control channel: JSON datagrams on a second UDP socket, one request, one answer:
+``{"op": "lease", "p", "k", "pool", "job", "workers": [[host, port], …], "up": {link
+model}, "down": {…}, "seed"}``, ``{"op": "status"}`` (counters), ``{"op": "release"}``
+and ``{"op": "shutdown"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from emulator.network import Link, LinkModel
+from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch
+from innet.protocol import decode, encode, flag
+from innet.protocol.udp import BatchSocket, address_key
+
+F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
+
+
+class Job:
+    """A leased job: its switch, the workers' address keys and emulated links."""
+
+    def __init__(self, p: int, k: int, pool: int, job: int, workers: list, up: dict,
+                 down: dict, seed: int):
+        self.switch = SumSwitch(p, k, pool, job)
+        self.p, self.k, self.job = p, k, job
+        self.keys = np.array([address_key(h, port) for h, port in workers], np.int64)
+        if len(self.keys) != p or len(set(self.keys.tolist())) != p:
+            raise ValueError(f"need {p} distinct worker addresses, got {workers}")
+        self.order = np.argsort(self.keys)
+        self.sorted = self.keys[self.order]
+        up_model, down_model = LinkModel(**(up or {})), LinkModel(**(down or {}))
+        if up_model.delay or down_model.delay:
+            raise ValueError("the server's links do not delay packets (use the in-process "
+                             "engines for delay across rounds)")
+        self.up = [Link(up_model, seed * 1_000_003 + 20_000 + i) for i in range(p)]
+        self.down = [Link(down_model, seed * 1_000_003 + 21_000 + i) for i in range(p)]
+        self.lossless = up_model.lossless and down_model.lossless
+        self.counters = {"packets_in": 0, "emulated_lost_up": 0, "emulated_lost_down": 0,
+                         "results_sent": 0, "batches": 0, "unknown_source": 0}
+
+    def ingress(self, keys: np.ndarray) -> np.ndarray:
+        """The ingress port of each source address (−1: not a worker of this job)."""
+        pos = np.searchsorted(self.sorted, keys)
+        pos = np.minimum(pos, len(self.sorted) - 1)
+        hit = self.sorted[pos] == keys
+        return np.where(hit, self.order[pos], -1).astype(np.int32)
+
+    def through(self, links: list[Link], owner: np.ndarray) -> np.ndarray:
+        """Positions that survive the emulated links, owner[i] the link of item i
+        (−1: no link, passes), interleaved link by link in arrival order."""
+        if self.lossless:
+            return np.arange(len(owner))
+        keep, rank = [np.flatnonzero(owner < 0)], [np.arange((owner < 0).sum())]
+        for w in range(self.p):
+            mine = np.flatnonzero(owner == w)
+            got = mine[links[w].transmit(len(mine))]
+            keep.append(got)
+            rank.append(np.arange(len(got)))
+        keep, rank = np.concatenate(keep), np.concatenate(rank)
+        return keep[np.argsort(rank, kind="stable")]
+
+
+class SwitchServer:
+    """The data and control sockets and at most one leased job."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, control_port: int = 0,
+                 k: int = 64, batch: int = 1024):
+        self.k = k
+        self.data = BatchSocket(k, host, port, batch)
+        self.control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.control.bind((host, control_port))
+        self.control.setblocking(False)
+        self.job: Job | None = None
+        self.running = True
+        self.unleased_drops = 0
+        self.started = time.time()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.data.host, self.data.port
+
+    @property
+    def control_address(self) -> tuple[str, int]:
+        return self.control.getsockname()
+
+    def close(self) -> None:
+        self.data.close()
+        self.control.close()
+
+    # -- the data path -----------------------------------------------------------------
+    def serve_batch(self) -> int:
+        """Receive one batch, run it through the job's switch, send the answers.
+        Returns the datagrams received."""
+        frames, keys, bad = self.data.recv()
+        n = len(frames) + bad
+        if n == 0:
+            return 0
+        job = self.job
+        if job is None:
+            self.unleased_drops += n
+            return n
+        sw = job.switch
+        sw.drops[0] += bad  # frames of another length: malformed
+        sw.packets_in += bad
+        ingress = job.ingress(keys)
+        job.counters["unknown_source"] += int((ingress < 0).sum())
+        job.counters["batches"] += 1
+        arrive = job.through(job.up, ingress)
+        job.counters["emulated_lost_up"] += len(frames) - len(np.unique(arrive))
+        packets = frames[arrive] if not (job.lossless and len(arrive) == len(frames)) else frames
+        job.counters["packets_in"] += len(packets)
+        res = sw.process(packets, ingress[arrive])
+        if len(res) == 0:
+            return n
+        answered = decode(packets[res.packet])[0]
+        out = encode({"job": np.full(len(res), job.job), "worker": res.worker,
+                      "step": answered["step"], "packet_id": answered["packet_id"],
+                      "shadow": res.shadow, "slot": res.slot,
+                      "flags": F_RESULT | np.where(res.overflow != 0, F_OVERFLOW, 0),
+                      "exponent": res.exponent}, res.values)
+        # destinations: a completed slot to every worker, a kept result to its asker
+        multi = res.kind == MULTICAST
+        rows = np.concatenate([np.repeat(np.flatnonzero(multi), job.p),
+                               np.flatnonzero(~multi)])
+        dest_w = np.concatenate([np.tile(np.arange(job.p), int(multi.sum())),
+                                 res.worker[~multi].astype(np.int64)])
+        order = np.argsort(rows, kind="stable")  # in the order the switch answered
+        rows, dest_w = rows[order], dest_w[order]
+        kept = job.through(job.down, dest_w)
+        job.counters["emulated_lost_down"] += len(rows) - len(np.unique(kept))
+        job.counters["results_sent"] += self.data.send(out, job.keys[dest_w[kept]], rows[kept])
+        return n
+
+    # -- the control path --------------------------------------------------------------
+    def handle_control(self) -> None:
+        try:
+            raw, peer = self.control.recvfrom(65536)
+        except BlockingIOError:
+            return
+        try:
+            request = json.loads(raw)
+            answer = self._control(request)
+        except Exception as err:  # a bad request gets an answer, never a dead server
+            answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        self.control.sendto(json.dumps(answer).encode(), peer)
+
+    def _control(self, r: dict) -> dict:
+        op = r.get("op")
+        if op == "lease":
+            k = int(r.get("k", self.k))
+            if k != self.k:
+                raise ValueError(f"this server carries packets of k={self.k}, not {k}")
+            self.job = Job(int(r["p"]), k, int(r.get("pool", 512)), int(r.get("job", 0)),
+                           r["workers"], r.get("up"), r.get("down"), int(r.get("seed", 0)))
+            return {"ok": True, "data": list(self.address)}
+        if op == "status":
+            return {"ok": True, **self.status()}
+        if op == "release":
+            self.job = None
+            return {"ok": True}
+        if op == "shutdown":
+            self.running = False
+            return {"ok": True}
+        raise ValueError(f"unknown op {op!r} (lease, status, release, shutdown)")
+
+    def status(self) -> dict:
+        out = {"data": list(self.address), "uptime_s": time.time() - self.started,
+               "received": self.data.received, "sent": self.data.sent,
+               "kernel_drops": self.data.kernel_drops(), "unleased_drops": self.unleased_drops,
+               "job": None}
+        if self.job is not None:
+            j = self.job
+            out["job"] = {"p": j.p, "k": j.k, "pool": j.switch.pool_size, "job": j.job,
+                          "drops": j.switch.drop_counts(), **j.counters,
+                          "up": asdict(j.up[0].model), "down": asdict(j.down[0].model)}
+        return out
+
+    def serve_forever(self, idle_timeout: float | None = None) -> None:
+        """Until a shutdown request (or ``idle_timeout`` seconds without a datagram)."""
+        last = time.monotonic()
+        while self.running:
+            ready = select.select([self.data.fd, self.control], [], [], 0.05)[0]
+            if not ready:
+                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    return
+                continue
+            last = time.monotonic()
+            if self.control in ready:
+                self.handle_control()
+            if self.data.fd in ready:
+                while self.serve_batch() == self.data.batch:
+                    pass  # drain what is queued before looking at the control socket
+
+
+def request(control: tuple[str, int], message: dict, timeout: float = 2.0,
+            retries: int = 3) -> dict:
+    """One control request to a switch server (retried: the channel is UDP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        for attempt in range(retries):
+            s.sendto(json.dumps(message).encode(), tuple(control))
+            try:
+                raw, _ = s.recvfrom(65536)
+                answer = json.loads(raw)
+                if not answer.get("ok"):
+                    raise RuntimeError(f"switch server: {answer.get('error')}")
+                return answer
+            except (TimeoutError, ConnectionRefusedError):
+                if attempt == retries - 1:
+                    raise TimeoutError(f"no answer from the switch server at {control}") \
+                        from None
+    raise AssertionError("unreachable")
+
+
+__all__ = ["DROP_REASONS", "Job", "SwitchServer", "request"]
