@@ -262,7 +262,6 @@ def inprocess_allreduce(workers: list[StreamWorker], switch, X: np.ndarray, step
     fallbacks (p, C)). The same protocol as :func:`allreduce` over UDP."""
     from emulator.switch import MULTICAST
 
-    p = len(workers)
     now = 0.0
     out = [w.start(X[i], step, now) for i, w in enumerate(workers)]
     for _ in range(max_rounds):
