@@ -61,7 +61,8 @@ class Job:
         self.down = [Link(down_model, seed * 1_000_003 + 21_000 + i) for i in range(p)]
         self.lossless = up_model.lossless and down_model.lossless
         self.counters = {"packets_in": 0, "emulated_lost_up": 0, "emulated_lost_down": 0,
-                         "results_sent": 0, "batches": 0, "unknown_source": 0}
+                         "results_sent": 0, "batches": 0, "unknown_source": 0,
+                         "first_batch_s": None, "last_batch_s": None}
 
     def ingress(self, keys: np.ndarray) -> np.ndarray:
         """The ingress port of each source address (−1: not a worker of this job)."""
@@ -125,6 +126,10 @@ class SwitchServer:
             self.unleased_drops += n
             return n
         sw = job.switch
+        now = time.perf_counter()
+        if job.counters["first_batch_s"] is None:
+            job.counters["first_batch_s"] = now
+        job.counters["last_batch_s"] = now
         sw.drops[0] += bad  # frames of another length: malformed
         sw.packets_in += bad
         ingress = job.ingress(keys)

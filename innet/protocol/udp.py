@@ -24,6 +24,10 @@ from innet.protocol.header import packet_dtype
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 MSG_DONTWAIT = 0x40
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
+MSG_TRUNC = 0x20
+CONTROL = 64  # bytes of ancillary data per message (one UDP_GRO cmsg)
+GSO_SEGMENTS = 64  #: datagrams one UDP GSO message may carry (the kernel's limit)
 #: struct mmsghdr on x86-64 / aarch64 Linux: msghdr (56 bytes) then msg_len
 MMSGHDR = np.dtype({
     "names": ["name", "namelen", "iov", "iovlen", "control", "controllen", "flags", "len"],
@@ -71,7 +75,7 @@ class BatchSocket:
     that receives and sends innet packets of k values in batches."""
 
     def __init__(self, k: int, host: str = "127.0.0.1", port: int = 0, batch: int = 1024,
-                 rcvbuf: int = 8 << 20):
+                 rcvbuf: int = 8 << 20, gso: bool = True):
         self.k, self.batch = k, batch
         self.dtype = packet_dtype(k)
         self.size = self.dtype.itemsize
@@ -86,23 +90,53 @@ class BatchSocket:
         self.fd = self.sock.fileno()
         self.host, self.port = self.sock.getsockname()
         self.key = address_key(self.host, self.port)
-        # receive side: a ring of rows one byte longer than a packet (a longer frame is
-        # truncated to size + 1 and so told apart), their iovecs, names, headers
-        self.row = self.size + 8
-        self.ring = np.zeros((batch, self.row), np.uint8)
-        self.names = np.zeros((batch, SOCKADDR), np.uint8)
-        self._riov = np.zeros(batch, IOVEC)
-        self._riov["base"] = self.ring.ctypes.data + np.arange(batch) * self.row
-        self._riov["len"] = self.size + 1
-        self._rmsg = np.zeros(batch, MMSGHDR)
-        self._rmsg["name"] = self.names.ctypes.data + np.arange(batch) * SOCKADDR
-        self._rmsg["iov"] = self._riov.ctypes.data + np.arange(batch) * IOVEC.itemsize
+        # receive side: UDP GRO lets the kernel hand over up to 64 datagrams of one
+        # flow in one buffer (with their size in a control message), so a ring row
+        # holds 64 packets; a datagram of another size (or a GRO train of another
+        # segment size) is malformed. Rows are a multiple of the packet size, so every
+        # packet in the ring lies at a multiple of it: frames are one gather.
+        self.gro = False
+        if gso:
+            try:
+                self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:  # pragma: no cover - an older kernel
+                pass
+        self.per_row = GSO_SEGMENTS if self.gro else 1
+        # a quarter as many rows as datagrams per call: 64 packets each when senders
+        # coalesce, still batch / 4 per call when they do not
+        rows = max(16, batch // 4) if self.gro else batch
+        self.rows = rows
+        self.row = self.size * self.per_row + (0 if self.gro else self.size)
+        self.ring = np.zeros((rows, self.row), np.uint8)
+        self.names = np.zeros((rows, SOCKADDR), np.uint8)
+        self.controls = np.zeros((rows, CONTROL), np.uint8)
+        self._riov = np.zeros(rows, IOVEC)
+        self._riov["base"] = self.ring.ctypes.data + np.arange(rows) * self.row
+        self._riov["len"] = self.row if self.gro else self.size + 1
+        self._rmsg = np.zeros(rows, MMSGHDR)
+        self._rmsg["name"] = self.names.ctypes.data + np.arange(rows) * SOCKADDR
+        self._rmsg["iov"] = self._riov.ctypes.data + np.arange(rows) * IOVEC.itemsize
         self._rmsg["iovlen"] = 1
+        self._rmsg["control"] = self.controls.ctypes.data + np.arange(rows) * CONTROL
+        # every packet slot of the ring, as packets (a row of size·64 bytes is 64 of them)
+        self._slots = (np.ndarray((rows * self.row // self.size,), dtype=self.dtype,
+                                  buffer=self.ring) if self.gro else None)
         # send side: headers and iovecs rebuilt per call (vectorised), names per address
         self._smsg = np.zeros(batch, MMSGHDR)
         self._siov = np.zeros(batch, IOVEC)
         self._saddr: dict[int, np.ndarray] = {}
         self.sent = self.received = self.malformed = 0
+        #: UDP GSO: up to 64 packets to one destination leave as one message that the
+        #: kernel cuts into datagrams of the packet size (Linux >= 4.18), so a send
+        #: costs one message per destination and 64 packets instead of one per packet
+        self.gso = False
+        if gso:
+            try:
+                self.sock.setsockopt(SOL_UDP, UDP_SEGMENT, self.size)
+                self.gso = True
+            except OSError:  # pragma: no cover - an older kernel: one datagram each
+                pass
 
     def close(self) -> None:
         self.sock.close()
@@ -116,27 +150,53 @@ class BatchSocket:
         return bool(select.select([self.fd], [], [], max(timeout, 0.0))[0])
 
     def recv(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """One recvmmsg of up to ``batch`` datagrams, not waiting: (packets of the right
-        length, a strided view into the ring valid until the next call; their sources'
-        address keys; frames of another length, dropped)."""
+        """One recvmmsg, not waiting: (the packets of the right size — a view into the
+        ring, or a gather of it, valid until the next call; their sources' address
+        keys; datagrams of another size, dropped)."""
         self._rmsg["namelen"] = SOCKADDR
+        self._rmsg["controllen"] = CONTROL if self.gro else 0
         n = _libc.recvmmsg(self.fd, ctypes.c_void_p(self._rmsg.ctypes.data),
-                           ctypes.c_uint(self.batch), ctypes.c_int(MSG_DONTWAIT), None)
+                           ctypes.c_uint(self.rows), ctypes.c_int(MSG_DONTWAIT), None)
         if n < 0:
             err = ctypes.get_errno()
             if err in (11, 4):  # EAGAIN, EINTR: nothing there
                 return self._empty()
             raise OSError(err, os.strerror(err))
-        lengths = self._rmsg["len"][:n]
-        good = np.flatnonzero(lengths == self.size)
-        bad = n - len(good)
-        self.received += n
-        self.malformed += bad
-        frames = np.ndarray((n,), dtype=self.dtype, buffer=self.ring, strides=(self.row,))
+        lengths = self._rmsg["len"][:n].astype(np.int64)
         keys = _keys_of(self.names[:n])
-        if bad:
-            return frames[good], keys[good], bad
-        return frames, keys, 0
+        if not self.gro:
+            good = np.flatnonzero(lengths == self.size)
+            bad = n - len(good)
+            self.received += n
+            self.malformed += bad
+            frames = np.ndarray((n,), dtype=self.dtype, buffer=self.ring,
+                                strides=(self.row,))
+            return (frames[good], keys[good], bad) if bad else (frames, keys, 0)
+        # the segment size of a coalesced row: its UDP_GRO control message, else the
+        # whole datagram
+        ctl = self.controls[:n]
+        clen = self._rmsg["controllen"][:n]
+        level = ctl[:, 8:12].copy().view(np.int32).reshape(-1)
+        ctype = ctl[:, 12:16].copy().view(np.int32).reshape(-1)
+        seg = ctl[:, 16:20].copy().view(np.int32).reshape(-1).astype(np.int64)
+        has = (clen >= 20) & (level == SOL_UDP) & (ctype == UDP_GRO)
+        seg = np.where(has, seg, lengths)
+        truncated = (self._rmsg["flags"][:n] & MSG_TRUNC) != 0
+        datagrams = np.where(seg > 0, -(-lengths // np.maximum(seg, 1)), 1)
+        ok = (seg == self.size) & (lengths % self.size == 0) & ~truncated
+        count = np.where(ok, lengths // self.size, 0)
+        bad = int(datagrams[~ok].sum())
+        total = int(count.sum())
+        self.received += total + bad
+        self.malformed += bad
+        if total == 0:
+            return self._empty()[0], self._empty()[1], bad
+        if (count == 1).all():
+            idx = np.arange(n) * self.per_row
+        else:
+            idx = np.repeat(np.arange(n) * self.per_row, count) + (
+                np.arange(total) - np.repeat(np.cumsum(count) - count, count))
+        return self._slots[idx], np.repeat(keys, count), bad
 
     def _empty(self):
         return np.zeros(0, self.dtype), np.zeros(0, np.int64), 0
@@ -161,18 +221,35 @@ class BatchSocket:
         rows = np.arange(len(dest)) if rows is None else np.asarray(rows, np.int64)
         if len(rows) != len(dest):
             raise ValueError("rows and dest disagree in length")
+        if len(dest) == 0:
+            return 0
         base = packets.ctypes.data
-        names = self._name_of(dest) if len(dest) else np.zeros(0, np.uint64)
+        if self.gso:  # group by destination (order kept within one), 64 per message
+            order = np.argsort(dest, kind="stable")
+            dest, rows = dest[order], rows[order]
+            start = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]])
+            run = np.diff(np.r_[start, len(dest)])
+            first = np.concatenate([s + np.arange(0, r, GSO_SEGMENTS) for s, r in
+                                    zip(start.tolist(), run.tolist())])
+            count = np.minimum(GSO_SEGMENTS, np.r_[first[1:], len(dest)] - first)
+        else:
+            first = np.arange(len(dest))
+            count = np.ones(len(dest), np.int64)
+        names = self._name_of(dest[first])
+        if len(self._siov) < len(rows):
+            self._siov = np.zeros(len(rows), IOVEC)
+        iov = self._siov[:len(rows)]
+        iov["base"] = base + rows.astype(np.uint64) * self.size
+        iov["len"] = self.size
+        iov_base = self._siov.ctypes.data
         done = 0
-        for lo in range(0, len(dest), self.batch):
-            m = min(self.batch, len(dest) - lo)
-            iov, msg = self._siov[:m], self._smsg[:m]
-            iov["base"] = base + rows[lo:lo + m].astype(np.uint64) * self.size
-            iov["len"] = self.size
+        for lo in range(0, len(first), self.batch):
+            m = min(self.batch, len(first) - lo)
+            msg = self._smsg[:m]
             msg["name"] = names[lo:lo + m]
             msg["namelen"] = SOCKADDR
-            msg["iov"] = self._siov.ctypes.data + np.arange(m, dtype=np.uint64) * IOVEC.itemsize
-            msg["iovlen"] = 1
+            msg["iov"] = iov_base + first[lo:lo + m].astype(np.uint64) * IOVEC.itemsize
+            msg["iovlen"] = count[lo:lo + m]
             sent = 0
             while sent < m:
                 r = _libc.sendmmsg(self.fd, ctypes.c_void_p(msg.ctypes.data + sent * 64),
@@ -186,7 +263,7 @@ class BatchSocket:
                         break
                     raise OSError(err, os.strerror(err))
                 sent += r
-            done += sent
+            done += int(count[lo:lo + sent].sum())
         self.sent += done
         return done
 
