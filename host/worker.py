@@ -87,6 +87,18 @@ class WorkerPool:
                 x[i] = self.data_attack(x[i], self.attack_gen)
         return x, y
 
+    def gradient_of(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Worker i's row of this step's G and its loss, computed alone (a worker
+        process owning its shard): the same minibatches (and data-attack draws) as
+        :meth:`gradients`, so its sampling stays in step with every other worker's."""
+        x, y = self.minibatches()
+        self.model.train()
+        if self.batched:
+            G, losses = self._vmapped(x[i:i + 1], y[i:i + 1], 1)
+        else:
+            G, losses = self._looped(x[i:i + 1], y[i:i + 1])
+        return G[0], losses[0]
+
     def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """G (p, n) float32 and the per-worker training losses (p,)."""
         x, y = self.minibatches()
@@ -95,7 +107,7 @@ class WorkerPool:
             return self._vmapped(x, y)
         return self._looped(x, y)
 
-    def _vmapped(self, x, y):
+    def _vmapped(self, x, y, p=None):
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         buffers = {k: v.detach() for k, v in self.model.named_buffers()}
 
@@ -104,12 +116,12 @@ class WorkerPool:
             return nn.functional.cross_entropy(logits, yb)
 
         grads, losses = vmap(grad_and_value(loss), in_dims=(None, 0, 0))(params, x, y)
-        return flatten_grads(grads, self.names, self.p), losses.detach()
+        return flatten_grads(grads, self.names, p or self.p), losses.detach()
 
     def _looped(self, x, y):
         rows, losses = [], []
         params = [v for _, v in self.model.named_parameters()]
-        for i in range(self.p):  # one backward per worker: batch-norm statistics are per worker
+        for i in range(x.shape[0]):  # one backward per worker: batch-norm statistics are per worker
             loss = nn.functional.cross_entropy(self.model(x[i]), y[i])
             grads = torch.autograd.grad(loss, params)
             rows.append(torch.cat([g.reshape(-1) for g in grads]))

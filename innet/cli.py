@@ -360,6 +360,45 @@ def cmd_inspect(args) -> int:
     return 0 if report.fits else 1
 
 
+def _add_launch(sub) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="run a scenario on real processes: a UDP switch server and torchrun ranks",
+        description="Like `innet run`, but the switch is a UDP server process (`innet switch "
+        "serve`) and the PS and the p workers are torch.distributed ranks started by "
+        "torchrun (rank 0 the PS, ranks 1..p the workers, gloo): workers compute their own "
+        "gradients and stream real packets; the run folder has run's form plus per-process "
+        "counters (units/*.processes.json). ps and switch paths.",
+    )
+    _scenario_flags(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="run the units not finished yet")
+    mode.add_argument("--force", action="store_true",
+                      help="replace the run the output folder holds")
+
+
+def cmd_launch(args) -> int:
+    from innet import experiment
+    from innet.launch import launch
+
+    scenario = _scenario_from_args(args)
+    if scenario.sweep:
+        raise config.ScenarioError("sweep: innet launch runs one scenario; use innet sweep")
+    out = experiment.output_dir(scenario, args.out)
+    try:
+        summary = launch(scenario, str(out), progress=not args.no_progress,
+                         resume=args.resume, force=args.force)
+    except RuntimeError as err:
+        print(f"innet launch: {err}", file=sys.stderr)
+        return 1
+    print()
+    print(experiment.format_table(summary))
+    print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml, "
+          "units/*.processes.json)")
+    _report(out, args)
+    return 0
+
+
 def _add_switch(sub) -> None:
     p = sub.add_parser(
         "switch",
@@ -432,10 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub)
     _add_pcap(sub)
     _add_switch(sub)
+    _add_launch(sub)
     args = parser.parse_args(argv)
     commands = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report,
                 "compare": cmd_compare, "inspect": cmd_inspect, "bench": cmd_bench,
-                "pcap": cmd_pcap, "switch": cmd_switch}
+                "pcap": cmd_pcap, "switch": cmd_switch, "launch": cmd_launch}
     from innet.runs import RunFolderError
 
     try:

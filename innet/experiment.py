@@ -338,6 +338,8 @@ class _Trainer:
     :meth:`state` / :meth:`restore` capture everything a step depends on, so a unit
     resumed from a checkpoint continues bit for bit (on the CPU)."""
 
+    aggregation_class = _Aggregation
+
     def __init__(self, scenario: Scenario, path: AggregationPath, data: datasets.Dataset,
                  device: torch.device):
         self.scenario, self.path = scenario, path
@@ -365,7 +367,7 @@ class _Trainer:
         warm_up(self.rule, w.p, device)
         self.ps = ParameterServer(self.model, self.rule, t.lr, t.momentum, t.weight_decay,
                                   t.milestones, t.gamma, t.nonfinite)
-        self.agg = _Aggregation(scenario, path, self.ps)
+        self.agg = self.aggregation_class(scenario, path, self.ps)
         self.uplink = None
         if not n.recovery:  # what the up links lose stays lost, on every path
             self.uplink = UnreliableUplink(link_models(scenario)[0], n.k, scenario.seed)
@@ -383,7 +385,7 @@ class _Trainer:
         tick = time.perf_counter()
         w, t = self.scenario.workers, self.scenario.training
         step = self.done + 1
-        G, losses = self.pool.gradients()
+        G, losses = self.gradients()
         if self.gradient_attack is not None:
             G = self.gradient_attack(G, self.byz_index, self.attack_gen)
         extra: dict[str, Any] = {}
@@ -400,6 +402,7 @@ class _Trainer:
             extra["crashed_worker"] = self.crash_worker
         else:
             update, seconds, stats = self.agg.step(G if len(self.live) == w.p else G[self.live])
+        update = self.share_update(update)
         self.ps.apply(update)
         self.modelled += seconds
         add_stats(self.totals, stats)
@@ -419,6 +422,15 @@ class _Trainer:
         self.elapsed += time.perf_counter() - tick
         record["elapsed_s"] = self.elapsed
         return record
+
+    def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's G (p, n) and the workers' losses (p,): here all computed in this
+        process; ``innet launch`` gathers them from worker processes."""
+        return self.pool.gradients()
+
+    def share_update(self, update: torch.Tensor) -> torch.Tensor:
+        """The update every replica applies (one process: nothing to share)."""
+        return update
 
     def coefficients(self) -> torch.Tensor | None:
         """FA's coefficients c of the step just taken (the update is G·c), where the
@@ -516,11 +528,13 @@ def load_data(scenario: Scenario, device: torch.device) -> datasets.Dataset:
 
 
 def run_unit(scenario: Scenario, unit: Unit, folder: Path, data: datasets.Dataset | None = None,
-             progress: bool = True, resume: bool = False) -> dict[str, Any]:
+             progress: bool = True, resume: bool = False,
+             trainer_class: type | None = None) -> dict[str, Any]:
     """Train one unit into ``folder/units/``: its metrics stream to ``<unit>.jsonl``
     (flushed per line), a checkpoint every ``training.checkpoint_every`` steps, and
     ``<unit>.result.json`` when it is done; returns the result. With ``resume`` it
     continues from its checkpoint (or from the start if it has none)."""
+    trainer_class = trainer_class or _Trainer
     key = unit.key(scenario)
     units = folder / "units"
     units.mkdir(exist_ok=True)
@@ -529,7 +543,7 @@ def run_unit(scenario: Scenario, unit: Unit, folder: Path, data: datasets.Datase
     path = s.paths[unit.index]
     device = pick_device(s.device)
     data = load_data(s, device) if data is None else data
-    trainer = _Trainer(s, path, data, device)
+    trainer = trainer_class(s, path, data, device)
     offset = 0
     if resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)

@@ -1,0 +1,351 @@
+"""``innet launch``: a scenario on real processes — the switch emulator as a UDP server
+process, the PS and p workers as torch.distributed ranks started by torchrun.
+
+    innet launch scenarios/switch_loss.toml --set workers.p=4 --set training.steps=20
+
+Rank 0 is the parameter server: it runs the same trainer as ``innet run`` (model,
+optimizer, schedule, evaluation, metrics, run folder), but the gradients come from the
+worker ranks (``dist.gather``) and the update it applies goes to every replica
+(``dist.broadcast``). Ranks 1 … p are the workers: each owns a model replica and
+computes its own gradient on its own minibatch (the same sampling stream as ``innet
+run``, so the rows are the same). On a ``via = "switch"`` path each worker streams its
+row as real UDP packets to the switch server with the worker protocol's state machine
+(:mod:`host.stream`), chunks no switch result came back for go to the PS fallback
+(the union of every worker's, summed in float from the rows rank 0 holds), and worker
+1's sum reaches rank 0. On a ``ps:*`` path the rows go to rank 0, which runs the rule.
+Gradient attacks are applied by rank 0 to the gathered rows, as in ``innet run``, and
+the attacked rows go back to the workers that send them (the omniscient attacker the
+attacks assume). The run folder has the same form as ``innet run``'s, plus
+``units/<unit>.processes.json`` with every rank's counters.
+
+Not in launch (yet): offload paths, crashes and non-recovering links (``network.crash``,
+``network.recovery = false``), delayed links, checkpoints, GPUs/NCCL; each is refused
+by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+import torch
+
+from innet import config, runs
+from innet.config import Scenario, to_dict
+from innet.errors import ScenarioError
+
+UNIT_TIMEOUT_S = 3600.0
+
+
+def check_launchable(s: Scenario) -> None:
+    """What launch does not run, refused by the key that asks for it."""
+    n = s.network
+    for i, path in enumerate(s.paths):
+        if path.via not in ("ps", "switch"):
+            raise ScenarioError(f"paths[{i}].via: innet launch runs ps and switch paths, not "
+                                f"{path.via!r} (use innet run)")
+    if n.crash:
+        raise ScenarioError("network.crash: innet launch kills real processes instead; "
+                            "leave it unset")
+    if not n.recovery:
+        raise ScenarioError("network.recovery: innet launch needs recovery = true")
+    if n.delay:
+        raise ScenarioError("network.delay: the switch server's links do not delay packets")
+    if n.links or n.lossy_workers or n.burst or n.failed_port:
+        raise ScenarioError("network.links/lossy_workers/burst/failed_port: innet launch "
+                            "applies one up and one down loss model to every link")
+    if s.training.checkpoint_every:
+        raise ScenarioError("training.checkpoint_every: launch runs are not checkpointed")
+    if s.device not in ("auto", "cpu"):
+        raise ScenarioError(f"device: innet launch runs on the CPU (gloo) here, got {s.device!r}")
+    if s.workers.p > 32:
+        raise ScenarioError(f"workers.p: the switch bitmap holds 32 workers, got {s.workers.p}")
+
+
+# -- the CLI side -----------------------------------------------------------------------
+def launch(scenario: Scenario, out: str, progress: bool = True, resume: bool = False,
+           force: bool = False) -> dict[str, Any]:
+    """Run every unit of ``scenario`` on a switch server process and p + 1 torchrun
+    ranks; returns the summary. Nothing is left running, whatever happens."""
+    from innet import experiment
+
+    check_launchable(scenario)
+    experiment.load_data(scenario, torch.device("cpu"))  # fail early, write nothing
+    folder = runs.usable_folder(Path(out))
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    with runs.locked(folder):
+        resuming = runs.claim_folder(folder, scenario, resume, force)
+        units = experiment.units_of(scenario)
+        if not resuming:
+            runs.write_json(folder / "run.json", {
+                "settings_hash": runs.settings_hash(scenario),
+                "units": [u.key(scenario) for u in units], "launch": True})
+        runs.atomic_write(folder / "config.toml", tomli_w.dumps(to_dict(scenario)))
+        done = experiment._gather(scenario, folder, units)
+        todo = [u for u in units if u not in done]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "innet", "switch", "serve", "--port", "0", "-k",
+             str(scenario.network.k)], stdout=subprocess.PIPE, text=True, env=env,
+            start_new_session=True)
+        try:
+            info = json.loads(server.stdout.readline() or "{}")
+            if "data" not in info:
+                raise RuntimeError("the switch server did not start")
+            data, control = info["data"], info["control"]
+            for u in todo:
+                _run_unit(scenario, u, folder, data, control, env, progress)
+                experiment._gather(scenario, folder, units)
+        finally:
+            _stop(server)
+        return runs.read_json(folder / "summary.json", "summary.json")
+
+
+def _run_unit(scenario, unit, folder, data, control, env, progress) -> None:
+    p = scenario.workers.p
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={p + 1}", "-m", "innet.launch", "--folder", str(folder),
+           "--unit", str(unit.index), "--seed", str(unit.seed),
+           "--data", f"{data[0]}:{data[1]}", "--control", f"{control[0]}:{control[1]}"]
+    if not progress:
+        cmd.append("--no-progress")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _, err = proc.communicate(timeout=UNIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise RuntimeError(f"launch: unit {unit.key(scenario)} still running after "
+                           f"{UNIT_TIMEOUT_S:.0f} s; stopped") from None
+    finally:
+        _stop(proc)
+    if proc.returncode != 0:
+        failed = [line for line in err.splitlines() if "rank" in line and ("exitcode" in line
+                                                                            or "Error" in line)]
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise RuntimeError(f"launch: unit {unit.key(scenario)} failed (torchrun exit "
+                           f"{proc.returncode}); {failed[0].strip() if failed else ''}\n{tail}")
+    if progress and err:
+        sys.stderr.write(err)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a process group we started and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+# -- the rank side ----------------------------------------------------------------------
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    import torch.distributed as dist
+
+    ap = argparse.ArgumentParser(prog="innet.launch")
+    ap.add_argument("--folder", required=True)
+    ap.add_argument("--unit", type=int, required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        scenario = config.load(Path(args.folder) / "config.toml")
+        s = dataclasses.replace(scenario, seed=args.seed, seeds=[])
+        if dist.get_rank() == 0:
+            _ps_rank(scenario, s, args)
+        else:
+            _worker_rank(s, args)
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def _ps_rank(scenario: Scenario, s: Scenario, args) -> None:
+    import torch.distributed as dist
+
+    from emulator.server import request
+    from innet import experiment
+
+    world = dist.get_world_size()
+    addresses: list = [None] * world
+    dist.gather_object(None, addresses, dst=0)
+    n = s.network
+    request(_address(args.control), {
+        "op": "lease", "p": world - 1, "k": n.k, "pool": n.pool_size, "job": 0,
+        "seed": s.seed, "workers": addresses[1:],
+        "up": {"loss": n.up_loss, "duplicate": n.duplicate, "reorder": n.reorder},
+        "down": {"loss": n.down_loss, "duplicate": n.duplicate, "reorder": n.reorder}})
+    dist.barrier()
+    unit = experiment.Unit(args.unit, args.seed)
+    _, trainer_class = _launch_classes()
+    trainer_class.control = _address(args.control)
+    experiment.run_unit(scenario, unit, Path(args.folder), progress=not args.no_progress,
+                        trainer_class=trainer_class)
+    counters: list = [None] * world
+    dist.gather_object({"rank": 0, "role": "ps"}, counters, dst=0)
+    counters[0]["switch_server"] = request(_address(args.control), {"op": "status"})
+    runs.write_json(Path(args.folder) / "units" / f"{unit.key(scenario)}.processes.json",
+                    {"ranks": counters})
+
+
+def _worker_rank(s: Scenario, args) -> None:
+    import torch.distributed as dist
+
+    from host import data as datasets
+    from host import models
+    from host.ps import ParameterServer
+    from host.stream import StreamWorker, UdpTransport, allreduce
+    from host.worker import WorkerPool
+    from innet import aggregators, attacks
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    i, p = rank - 1, world - 1
+    w, t, n = s.workers, s.training, s.network
+    path = s.paths[args.unit]
+    data = datasets.load(s.data.dataset, s.data.root or None, s.data.download)
+    torch.manual_seed(s.seed)  # the same initial model as rank 0's
+    model = models.build(s.data.model, data.image_shape, data.num_classes)
+    attack = attacks.get(w.attack, **w.attack_params) if w.f > 0 else None
+    pool = WorkerPool(model, data, p, s.data.batch, seed=s.seed, byzantine=list(range(w.f)),
+                      data_attack=attack if attack is not None and attack.kind == "data"
+                      else None)
+    ps = ParameterServer(model, aggregators.get("mean"), t.lr, t.momentum, t.weight_decay,
+                         t.milestones, t.gamma, t.nonfinite)
+    transport = UdpTransport(_address(args.data), n.k)
+    dist.gather_object(list(transport.address), None, dst=0)
+    dist.barrier()
+    machine = StreamWorker(i, p, n.k, n.pool_size, timeout=n.timeout_us * 1e-6,
+                           max_retries=n.max_retries)
+    totals = {"packets_sent": 0, "retransmissions": 0, "results_taken": 0,
+              "stale_results": 0, "timeouts": 0, "fallback_chunks": 0, "stream_s": 0.0}
+    size = sum(q.numel() for q in model.parameters())
+    for step in range(1, t.steps + 1):
+        g, loss = pool.gradient_of(i)
+        dist.gather(torch.cat([g.detach().float(), loss.detach().float().reshape(1)]), None,
+                    dst=0)
+        if path.via == "switch":
+            row = torch.empty(size)
+            dist.scatter(row, None, src=0)
+            total, fallback, stats = allreduce(machine, transport, row.numpy(), step)
+            flags = torch.from_numpy(fallback.astype(np.int32))
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            out = torch.from_numpy(total) if i == 0 else torch.empty(size, dtype=torch.float64)
+            dist.broadcast(out, src=1)
+            mine = {k: getattr(stats, k) for k in totals if hasattr(stats, k)}
+            mine["stream_s"] = stats.wall_s
+            dist.gather_object(mine, None, dst=0)
+            for k, v in mine.items():
+                totals[k] += v
+        update = torch.empty(size)
+        dist.broadcast(update, src=0)
+        ps.apply(update)
+    transport.close()
+    dist.gather_object({"rank": rank, "role": f"worker {i}", **totals}, None, dst=0)
+
+
+def _launch_classes():
+    """The trainer and aggregation of rank 0 (built lazily: they subclass innet run's)."""
+    import torch.distributed as dist
+
+    from emulator.server import request
+    from innet import experiment
+
+    class LaunchAggregation(experiment._Aggregation):
+        def lease(self, live):  # the switch is the server process; the PS keeps its transport
+            if self.path.via == "ps":
+                super().lease(live)
+            self.switch = None
+            self._server_before = None
+
+        def _switch(self, G):
+            tick = time.perf_counter()
+            p, n = G.shape
+            X = G.detach().to("cpu", torch.float32).contiguous()
+            row = torch.empty(n)
+            dist.scatter(row, [row] + list(X), src=0)  # the rows the workers send
+            C = -(-n // self.k)
+            flags = torch.zeros(C, dtype=torch.int32)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            total = torch.empty(n, dtype=torch.float64)
+            dist.broadcast(total, src=1)
+            per: list = [None] * (p + 1)
+            dist.gather_object(None, per, dst=0)
+            total = total.numpy()
+            fb = np.flatnonzero(flags.numpy())
+            if len(fb):  # the PS sums the chunks no result came back for, in float
+                cols = (fb[:, None] * self.k + np.arange(self.k)).reshape(-1)
+                cols = cols[cols < n]
+                total[cols] = X.numpy()[:, cols].sum(axis=0, dtype=np.float64)
+            update = torch.from_numpy(total / p).to(G.device, torch.float32)
+            self.ps.aggregate_seconds += time.perf_counter() - tick
+            workers = per[1:]
+            sent = [r["packets_sent"] for r in workers]
+            retr = [r["retransmissions"] for r in workers]
+            taken = [r["results_taken"] + r["stale_results"] for r in workers]
+            server = request(LaunchTrainer.control, {"op": "status"})["job"]
+            before = self._server_before or {}
+            delta = {key: server[key] - before.get(key, 0)
+                     for key in ("emulated_lost_up", "emulated_lost_down", "results_sent")}
+            self._server_before = server
+            stats = {"packets_up": sum(sent), "packets_down": delta["results_sent"],
+                     "retransmissions": sum(retr), "results_lost": delta["emulated_lost_down"],
+                     "packets_lost_up": delta["emulated_lost_up"],
+                     "duplicate_results": sum(r["stale_results"] for r in workers),
+                     "fallback_chunks": {"overflow": 0, "silent_worker": len(fb),
+                                         "no_slots": 0}}
+            stats["bytes_on_wire"] = ((stats["packets_up"] + stats["packets_down"])
+                                      * self.clock.packet_bytes(self.k))
+            # the modelled time from the packet counts: one round of the first sends,
+            # one for the retransmissions (the in-process engine logs every round)
+            log = [(max(s_ - r_ for s_, r_ in zip(sent, retr)), max(taken), sum(sent) -
+                    sum(retr), sum(taken), 0)]
+            if sum(retr):
+                log.append((max(retr), max(retr), sum(retr), sum(retr), 1))
+            return update, self.clock.switch_step_s(log, self.k), stats
+
+    class LaunchTrainer(experiment._Trainer):
+        aggregation_class = LaunchAggregation
+        control: tuple[str, int] = ("127.0.0.1", 0)
+
+        def gradients(self):
+            world = dist.get_world_size()
+            n = sum(q.numel() for q in self.model.parameters())
+            rows = [torch.empty(n + 1) for _ in range(world)]
+            dist.gather(torch.zeros(n + 1), rows, dst=0)
+            stacked = torch.stack(rows[1:])
+            return stacked[:, :n].contiguous(), stacked[:, n].contiguous()
+
+        def share_update(self, update):
+            u = update.detach().to("cpu", torch.float32).contiguous()
+            dist.broadcast(u, src=0)
+            return update
+
+    return LaunchAggregation, LaunchTrainer
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main())
