@@ -207,7 +207,11 @@ def _ps_rank(scenario: Scenario, s: Scenario, args) -> None:
                         trainer_class=trainer_class)
     counters: list = [None] * world
     dist.gather_object({"rank": 0, "role": "ps"}, counters, dst=0)
-    counters[0]["switch_server"] = request(_address(args.control), {"op": "status"})
+    try:
+        counters[0]["switch_server"] = request(_address(args.control), {"op": "status"},
+                                               timeout=0.5, retries=2)
+    except TimeoutError:
+        counters[0]["switch_server"] = "not answering (killed?)"
     runs.write_json(Path(args.folder) / "units" / f"{unit.key(scenario)}.processes.json",
                     {"ranks": counters})
 
@@ -218,7 +222,7 @@ def _worker_rank(s: Scenario, args) -> None:
     from host import data as datasets
     from host import models
     from host.ps import ParameterServer
-    from host.stream import StreamWorker, UdpTransport, allreduce
+    from host.stream import StreamStats, StreamWorker, UdpTransport, allreduce
     from host.worker import WorkerPool
     from innet import aggregators, attacks
 
@@ -236,6 +240,9 @@ def _worker_rank(s: Scenario, args) -> None:
     ps = ParameterServer(model, aggregators.get("mean"), t.lr, t.momentum, t.weight_decay,
                          t.milestones, t.gamma, t.nonfinite)
     transport = UdpTransport(_address(args.data), n.k)
+    # compile (or load from Numba's cache) the quantiser's kernels before the first
+    # step, so no worker is seconds late to it and the others' timeouts run out
+    StreamWorker(i, p, n.k, n.pool_size).start(np.zeros(2 * n.k, np.float32), 0, 0.0)
     dist.gather_object(list(transport.address), None, dst=0)
     dist.barrier()
     machine = StreamWorker(i, p, n.k, n.pool_size, timeout=n.timeout_us * 1e-6,
@@ -243,6 +250,7 @@ def _worker_rank(s: Scenario, args) -> None:
     totals = {"packets_sent": 0, "retransmissions": 0, "results_taken": 0,
               "stale_results": 0, "timeouts": 0, "fallback_chunks": 0, "stream_s": 0.0}
     size = sum(q.numel() for q in model.parameters())
+    switch_down = False  # decided by every rank alike, from the fallback union
     for step in range(1, t.steps + 1):
         g, loss = pool.gradient_of(i)
         dist.gather(torch.cat([g.detach().float(), loss.detach().float().reshape(1)]), None,
@@ -250,7 +258,12 @@ def _worker_rank(s: Scenario, args) -> None:
         if path.via == "switch":
             row = torch.empty(size)
             dist.scatter(row, None, src=0)
-            total, fallback, stats = allreduce(machine, transport, row.numpy(), step)
+            if switch_down:  # the switch stopped answering: straight to the PS fallback
+                C = -(-size // n.k)
+                total, fallback = np.zeros(size), np.ones(C, bool)
+                stats = StreamStats()
+            else:
+                total, fallback, stats = allreduce(machine, transport, row.numpy(), step)
             flags = torch.from_numpy(fallback.astype(np.int32))
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             out = torch.from_numpy(total) if i == 0 else torch.empty(size, dtype=torch.float64)
@@ -260,6 +273,9 @@ def _worker_rank(s: Scenario, args) -> None:
             dist.gather_object(mine, None, dst=0)
             for k, v in mine.items():
                 totals[k] += v
+            alive = torch.zeros(1, dtype=torch.int32)
+            dist.broadcast(alive, src=0)  # the PS asked the switch's control channel
+            switch_down = not bool(alive[0])
         update = torch.empty(size)
         dist.broadcast(update, src=0)
         ps.apply(update)
@@ -306,9 +322,17 @@ def _launch_classes():
             sent = [r["packets_sent"] for r in workers]
             retr = [r["retransmissions"] for r in workers]
             taken = [r["results_taken"] + r["stale_results"] for r in workers]
-            server = request(LaunchTrainer.control, {"op": "status"})["job"]
+            try:
+                server = request(LaunchTrainer.control, {"op": "status"}, timeout=0.2,
+                                 retries=1)["job"]
+            except TimeoutError:  # the switch server is gone: its counters stay put
+                server = None
+            # every rank learns whether the switch still answers: if not, later steps
+            # go straight to the PS fallback instead of timing out again
+            dist.broadcast(torch.tensor([int(server is not None)], dtype=torch.int32), src=0)
+            server = server if server is not None else (self._server_before or {})
             before = self._server_before or {}
-            delta = {key: server[key] - before.get(key, 0)
+            delta = {key: server.get(key, 0) - before.get(key, 0)
                      for key in ("emulated_lost_up", "emulated_lost_down", "results_sent")}
             self._server_before = server
             stats = {"packets_up": sum(sent), "packets_down": delta["results_sent"],
@@ -316,7 +340,8 @@ def _launch_classes():
                      "packets_lost_up": delta["emulated_lost_up"],
                      "duplicate_results": sum(r["stale_results"] for r in workers),
                      "fallback_chunks": {"overflow": 0, "silent_worker": len(fb),
-                                         "no_slots": 0}}
+                                         "no_slots": 0},
+                     "switch_down_steps": int(len(fb) == C)}
             stats["bytes_on_wire"] = ((stats["packets_up"] + stats["packets_down"])
                                       * self.clock.packet_bytes(self.k))
             # the modelled time from the packet counts: one round of the first sends,

@@ -1,0 +1,117 @@
+"""innet launch: real processes (a UDP switch server, torchrun ranks) against innet run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+FLAGS = ["--set", "workers.p=3", "--set", "training.steps=20", "--no-report", "--no-progress"]
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, parent in parents.items() if parent == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _innet(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "innet", *args], env=ENV, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def _losses(folder: Path) -> dict:
+    out = {}
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[(r["path"], r["step"])] = r
+    return out
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+def test_launch_trains_like_run(tmp_path, loss):
+    """The same scenario through `innet launch` (3 worker ranks + PS + switch server,
+    real UDP) and `innet run`: the switch path's and the PS path's train_loss agree at
+    every step; retransmissions are counted under loss; nothing is left running."""
+    flags = FLAGS + ["--set", f"network.up_loss={loss}", "--set", f"network.down_loss={loss}"]
+    launched = _innet("launch", "scenarios/switch_loss.toml", "--out", str(tmp_path / "l"),
+                      *flags)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    ran = _innet("run", "scenarios/switch_loss.toml", "--out", str(tmp_path / "r"), *flags)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    a, b = _losses(tmp_path / "l"), _losses(tmp_path / "r")
+    assert set(a) == set(b) and len(b) == 40
+    for key, rec in b.items():
+        assert abs(a[key]["train_loss"] - rec["train_loss"]) <= 1e-4 * abs(rec["train_loss"])
+    switch = [r for (path, _), r in a.items() if path == "switch:mean"]
+    assert all(r["fallback_chunks"] == 0 for r in switch)
+    if loss:
+        assert sum(r["retransmissions"] for r in switch) > 0
+    summary = json.loads((tmp_path / "l" / "summary.json").read_text())
+    assert set(summary) == {"mean", "switch:mean"}
+    procs = list((tmp_path / "l" / "units").glob("*.processes.json"))
+    ranks = json.loads(procs[0].read_text())["ranks"]
+    assert len(ranks) == 4 and ranks[0]["role"] == "ps"
+    assert not _children(os.getpid())
+
+
+def test_launch_finishes_on_the_ps_fallback_when_the_switch_server_dies(tmp_path):
+    """kill -9 of the switch server mid-run: the workers time out, every later step is
+    aggregated by the PS fallback (counted), the run finishes and nothing is left."""
+    out = tmp_path / "k"
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "kill_switch"\n[workers]\np = 3\nf = 0\n[training]\nsteps = 30\n'
+                        '[[paths]]\nrule = "mean"\nvia = "switch"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "innet", "launch", str(scenario), "--out",
+                             str(out), "--force", "--no-report", "--no-progress"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        server = None
+        deadline = time.monotonic() + 300
+        part = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list((out / "units").glob("*.jsonl")) if (out / "units").exists() else []
+            part = parts[0] if parts else None
+            if part is not None and len(part.read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert part is not None, "the run never reached step 10"
+        for pid in _children(proc.pid):
+            try:
+                if b"switch\x00serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    server = pid
+            except OSError:
+                pass
+        assert server is not None
+        os.kill(server, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 30 and records[-1]["step"] == 30
+    assert records[-1]["fallback_chunks"] > 0  # the last steps went to the PS
+    assert records[0]["fallback_chunks"] == 0
+    assert records[-1]["train_loss"] < records[0]["train_loss"]  # it kept training
+    assert not _children(os.getpid())
