@@ -253,6 +253,10 @@ BENCHMARKS = {
     "step": "a training step's parts: worker gradients vs each rule (benchmarks/step.py)",
     "fa_offload_study": "offloaded vs full FA aggregate grid and figure "
                         "(benchmarks/fa_offload_study.py)",
+    "offload_integrity": "phase-2 lies caught, false alarms, the residual lie's damage "
+                         "(benchmarks/offload_integrity.py)",
+    "udp_switch": "the UDP switch server's packets/s vs a recv_into loop "
+                  "(benchmarks/udp_switch.py)",
 }
 
 

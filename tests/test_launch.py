@@ -33,6 +33,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _leftovers() -> list[int]:
+    """Descendants of this test process that a launch started (switch server, torchrun,
+    ranks); other tests' helpers (a multiprocessing resource tracker) do not count."""
+    out = []
+    for pid in _children(os.getpid()):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"innet" in cmd or b"torch.distributed" in cmd:
+            out.append(pid)
+    return out
+
+
 def _innet(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "innet", *args], env=ENV, timeout=timeout,
                           capture_output=True, text=True)
@@ -70,7 +84,7 @@ def test_launch_trains_like_run(tmp_path, loss):
     procs = list((tmp_path / "l" / "units").glob("*.processes.json"))
     ranks = json.loads(procs[0].read_text())["ranks"]
     assert len(ranks) == 4 and ranks[0]["role"] == "ps"
-    assert not _children(os.getpid())
+    assert not _leftovers()
 
 
 def test_launch_finishes_on_the_ps_fallback_when_the_switch_server_dies(tmp_path):
@@ -114,4 +128,4 @@ def test_launch_finishes_on_the_ps_fallback_when_the_switch_server_dies(tmp_path
     assert records[-1]["fallback_chunks"] > 0  # the last steps went to the PS
     assert records[0]["fallback_chunks"] == 0
     assert records[-1]["train_loss"] < records[0]["train_loss"]  # it kept training
-    assert not _children(os.getpid())
+    assert not _leftovers()
