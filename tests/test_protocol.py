@@ -64,3 +64,38 @@ def test_one_field_list_declares_the_header():
 
     assert HEADER_BYTES == header.HEADER_BYTES
     assert "packet_id" in header.__doc__ and "shadow set" in header.__doc__
+
+
+def test_the_shipped_wireshark_dissector_is_generated_from_the_header():
+    """tools/innet.lua is wireshark_lua()'s output (regenerate it when FIELDS change),
+    names every field of FIELDS, and — where tshark is installed — dissects a pcap of
+    real packets."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    from innet.protocol.header import FIELDS, wireshark_lua
+
+    shipped = Path(__file__).resolve().parent.parent / "tools" / "innet.lua"
+    assert shipped.read_text() == wireshark_lua()
+    for field in FIELDS:
+        for name in [p for p, _ in field.parts] or [field.name]:
+            assert f'"innet.{name}"' in shipped.read_text()
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed here: the dissector is checked as text only")
+    import tempfile
+
+    import numpy as np
+
+    from innet.protocol import encode
+    from innet.protocol.pcap import write_pcap
+
+    pk = encode({"job": [1], "worker": [2], "step": [3], "packet_id": [4], "shadow": [1],
+                 "slot": [5], "flags": [8], "exponent": [-3]}, np.arange(4, dtype=np.int32)[None])
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pcap(f"{tmp}/x.pcap", pk)
+        out = subprocess.run(["tshark", "-X", f"lua_script:{shipped}", "-r", f"{tmp}/x.pcap",
+                              "-V"], capture_output=True, text=True, timeout=60).stdout
+    assert "packet_id: 4" in out and "RESULT" in out

@@ -172,3 +172,64 @@ def describe() -> str:
 
 
 __doc__ += describe() + "\n"
+
+
+def wireshark_lua() -> str:
+    """A Wireshark dissector for the header (Lua), generated from :data:`FIELDS`:
+    ``innet pcap`` captures (or real traffic on UDP 0xBEE0–0xBEEF) show every field,
+    the flags by name and the int32 values. Shipped as ``tools/innet.lua``; load it
+    with ``wireshark -X lua_script:tools/innet.lua`` (or copy it to the plugins folder)."""
+    types = {(8, False): "uint8", (8, True): "int8", (16, False): "uint16",
+             (32, False): "uint32", (32, True): "int32"}
+    lines = ["-- innet aggregation header: generated from innet.protocol.header.FIELDS",
+             "-- (python -c 'from innet.protocol.header import wireshark_lua; "
+             "print(wireshark_lua())'); do not edit by hand.",
+             'local innet = Proto("innet", "innet aggregation")', "local f = innet.fields"]
+    names = []
+    for field in FIELDS:
+        kind = types[(field.bits, field.signed)]
+        if field.parts:
+            shift = field.bits
+            for part, width in field.parts:
+                shift -= width
+                mask = ((1 << width) - 1) << shift
+                lines.append(f'f.{part} = ProtoField.{kind}("innet.{part}", "{part}", '
+                             f'base.DEC, nil, 0x{mask:0{field.bits // 4}X})')
+            names.append((field, [p for p, _ in field.parts]))
+            continue
+        lines.append(f'f.{field.name} = ProtoField.{kind}("innet.{field.name}", '
+                     f'"{field.name}", base.{"HEX" if field.flags else "DEC"})')
+        for bit, flag_name in enumerate(field.flags):
+            lines.append(f'f.flag_{flag_name.lower()} = ProtoField.bool("innet.flags.'
+                         f'{flag_name.lower()}", "{flag_name}", {field.bits}, nil, '
+                         f'0x{1 << bit:02X})')
+        names.append((field, [field.name]))
+    lines.append('f.values = ProtoField.int32("innet.value", "value", base.DEC)')
+    lines += ["function innet.dissector(buf, pinfo, tree)",
+              f"  if buf:len() < {HEADER_BYTES} then return 0 end",
+              '  pinfo.cols.protocol = "innet"',
+              '  local t = tree:add(innet, buf(), "innet aggregation")', "  local o = 0"]
+    offset, at = 0, {}
+    for field, parts in names:
+        size = field.bits // 8
+        at[field.name] = (offset, size)
+        offset += size
+        if field.flags:  # the byte, with one line per named bit under it
+            lines.append(f"  local ft = t:add(f.{field.name}, buf(o, {size}))")
+            lines += [f"  ft:add(f.flag_{n.lower()}, buf(o, {size}))" for n in field.flags]
+        else:
+            lines += [f"  t:add(f.{part}, buf(o, {size}))" for part in parts]
+        if field.count_of:
+            lines.append(f"  local count = buf(o, {size}):uint()")
+        lines.append(f"  o = o + {size}")
+    lines += ["  local vt = t:add(innet, buf(o), string.format(\"%d int32 values\", count))",
+              "  for i = 0, count - 1 do",
+              "    if o + 4 > buf:len() then break end",
+              "    vt:add(f.values, buf(o, 4))", "    o = o + 4", "  end",
+              "  pinfo.cols.info = string.format(\"job %d worker %d step %d id %d\", "
+              + ", ".join(f"buf({at[n][0]}, {at[n][1]}):uint()"
+                          for n in ("job", "worker", "step", "packet_id")) + ")",
+              "  return o", "end",
+              'local udp = DissectorTable.get("udp.port")',
+              f"for port = 0x{PORT_MIN:X}, 0x{PORT_MAX:X} do udp:add(port, innet) end", ""]
+    return "\n".join(lines)
