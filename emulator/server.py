@@ -38,7 +38,7 @@ from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch
 from innet.protocol import decode, encode, flag
 from innet.protocol.udp import BatchSocket, address_key
 
-F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
+F_RESULT, F_OVERFLOW, F_PHASE = flag("RESULT"), flag("OVERFLOW"), flag("PHASE")
 
 
 class Job:
@@ -146,7 +146,9 @@ class SwitchServer:
         out = encode({"job": np.full(len(res), job.job), "worker": res.worker,
                       "step": answered["step"], "packet_id": answered["packet_id"],
                       "shadow": res.shadow, "slot": res.slot,
-                      "flags": F_RESULT | np.where(res.overflow != 0, F_OVERFLOW, 0),
+                      "flags": F_RESULT | np.where(res.overflow != 0, F_OVERFLOW, 0)
+                      | (answered["flags"] & F_PHASE),
+                      "count": np.where((answered["flags"] & F_PHASE) != 0, 0, job.k),
                       "exponent": res.exponent}, res.values)
         # destinations: a completed slot to every worker, a kept result to its asker
         multi = res.kind == MULTICAST

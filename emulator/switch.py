@@ -21,7 +21,7 @@ DROP_REASONS = ("malformed", "unknown_job", "worker_out_of_range", "wrong_ingres
                 "slot_out_of_range", "duplicate", "stale")
 MALFORMED, UNKNOWN_JOB, WORKER_RANGE, WRONG_PORT, SLOT_RANGE, DUPLICATE, STALE = range(7)
 MULTICAST, UNICAST = 1, 2
-F_RESULT, F_OVERFLOW = flag("RESULT"), flag("OVERFLOW")
+F_RESULT, F_OVERFLOW, F_PHASE = flag("RESULT"), flag("OVERFLOW"), flag("PHASE")
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
 
 
@@ -46,8 +46,11 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
     slot goes to every worker, UNICAST = the kept result goes back to worker w,
     -1 = dropped (counted in drops[lane] by reason). Shared by the batch pipeline below and
     the compiled allreduce rounds in host.switch_allreduce."""
-    # parser and access checks: count every drop, never raise
-    if count != k or (flags & F_RESULT) != 0 or exponent < -128 or exponent > 127:
+    # parser and access checks: count every drop, never raise. The exponent preamble
+    # (PHASE flag) is header-only: count 0, its values are not read
+    header_only = count == 0 and (flags & F_PHASE) != 0
+    if ((count != k and not header_only) or (flags & F_RESULT) != 0 or exponent < -128
+            or exponent > 127):
         drops[lane, MALFORMED] += 1  # (the exponent register is the header's 8 bits)
         return -1, 0
     if job != job_id:
@@ -78,11 +81,14 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
         counter[idx] = 1
         ss.max_exponent(exp_reg, idx, exponent, exp_cap, True)
         ovf_reg[idx] = 0
-        ss.write_first(regs, idx, source, r, k)
+        if header_only:
+            regs[idx, :] = 0
+        else:
+            ss.write_first(regs, idx, source, r, k)
     elif action == ss.ADD or action == ss.ADD_AND_MULTICAST:
         counter[idx] = c + 1
         ss.max_exponent(exp_reg, idx, exponent, exp_cap, False)
-        if ss.sat_accumulate(regs, idx, source, r, k):
+        if not header_only and ss.sat_accumulate(regs, idx, source, r, k):
             ovf_reg[idx] = 1  # OverflowFlag: sticky
     if action == ss.UNICAST_RESULT:
         return UNICAST, idx

@@ -87,13 +87,19 @@ class TimeModel:
     def packet_bytes(self, k: int) -> int:
         return ETH_IP_UDP_BYTES + HEADER_BYTES + 4 * k + WIRE_OVERHEAD_BYTES
 
+    def header_packet_bytes(self) -> int:
+        """A header-only packet (the exponent preamble's) on the wire."""
+        return ETH_IP_UDP_BYTES + HEADER_BYTES + WIRE_OVERHEAD_BYTES
+
     def switch_step_s(self, round_log, k: int) -> float:
         """Modelled seconds of one allreduce from its per-round log rows
-        (busiest up link, busiest down link, packets up, packets down, retransmit?)."""
-        pkt = self.packet_bytes(k)
+        (busiest up link, busiest down link, packets up, packets down, retransmit?,
+        and optionally header-only?)."""
         rtt = 2e-6 * self.latency_us + 1e-9 * self.pass_ns * (1 + self.recirculations)
         total = 0.0
-        for up_max, down_max, _, _, retransmit in round_log:
+        for row in round_log:
+            up_max, down_max, _, _, retransmit = row[:5]
+            pkt = self.header_packet_bytes() if len(row) > 5 and row[5] else self.packet_bytes(k)
             total += self.serialise_s(max(up_max, down_max) * pkt) + rtt
             if retransmit:
                 total += 1e-6 * self.timeout_us

@@ -117,7 +117,8 @@ class StreamWorker:
         packets = encode({"job": np.full(n, self.job), "worker": np.full(n, self.w),
                           "step": np.full(n, self.step), "packet_id": pid,
                           "shadow": self.shadow[slots], "slot": slots, "flags": flags,
-                          "exponent": self.e_local[nxt]}, values)
+                          "exponent": self.e_local[nxt],
+                          "count": np.where(pre, 0, self.k)}, values)
         self.deadline[slots] = now + self._timeout(self.misses[slots])
         self.stats.packets_sent += n
         if not fresh:

@@ -84,7 +84,8 @@ from innet.quant.block_float import quantize_value
  LATE_PACKETS, STALE_RESULTS, HOLD_FULL) = range(9)
 N_COUNTS = 9
 # one row per round: packets sent on the busiest up link / down link, totals, retransmit?
-LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT = range(5)
+# (and whether the round's packets were header-only: the exponent preamble)
+LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT, LOG_HEADER_ONLY = range(6)
 F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
 PAYLOAD_Q, PAYLOAD_ZERO, PAYLOAD_X = 0, 1, 2
 MAX_RETRIES = 10_000  # timeouts per window; far past any loss a run survives
@@ -107,12 +108,14 @@ class AllreduceStats:
     stale_results: int = 0
     #: packets a link meant to delay but had no room to hold: lost
     hold_full: int = 0
+    #: packets (up and down) of the exponent preamble: header-only on the wire
+    header_only_packets: int = 0
     fallback_chunks: dict[str, int] = field(
         default_factory=lambda: {"overflow": 0, "silent_worker": 0, "no_slots": 0})
     switch_drops: dict[str, int] = field(default_factory=dict)
     #: per round: (busiest up link, busiest down link, packets up, packets down,
-    #: retransmission round?) — the time model's input
-    round_log: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    #: retransmission round?, header-only packets?) — the time model's input
+    round_log: list[tuple[int, ...]] = field(default_factory=list)
 
     def add_counts(self, counts: np.ndarray) -> None:
         self.rounds += int(counts[ROUNDS])
@@ -278,7 +281,8 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_la
                         kind, idx = switch_packet(
                             job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                             job_id, w, hu_shadow[w, h], s_h, hu_flags[w, h], hu_exp[w, h],
-                            k, hu_use[w, h], port_of_worker[w], hu_values[w], h, bitmap,
+                            0 if (hu_flags[w, h] & F_PHASE) != 0 else k, hu_use[w, h],
+                            port_of_worker[w], hu_values[w], h, bitmap,
                             use_reg, counter, exp_reg, ovf_reg, regs, drops, q)
                         out_kind[w, t] = kind
                         out_idx[w, t] = idx
@@ -297,7 +301,8 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_la
                             _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
                         kind, idx = switch_packet(
                             job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
+                            job_id, w, shadow[c], c, flags, e_next[w, c],
+                            0 if mode == PAYLOAD_ZERO else k, use,
                             port_of_worker[w], scratch, q, bitmap, use_reg, counter,
                             exp_reg, ovf_reg, regs, drops, q)
                     out_kind[w, t] = kind
@@ -417,6 +422,7 @@ def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_la
         round_log[rounds, LOG_UP] = sent.sum()
         round_log[rounds, LOG_DOWN] = down_sent.sum()
         round_log[rounds, LOG_RETRANSMIT] = 1 if attempt > 0 else 0
+        round_log[rounds, LOG_HEADER_ONLY] = 1 if mode == PAYLOAD_ZERO else 0
         rounds += 1
         counts[ROUNDS] += 1
         pending = False
@@ -597,7 +603,7 @@ class SwitchAllreduce:
             up_params, up_state = link_arrays(self.up)
             down_params, down_state = link_arrays(self.down)
             counts = np.zeros(N_COUNTS, np.int64)
-            log = np.zeros((self.max_retries + 1, 5), np.int64)
+            log = np.zeros((self.max_retries + 1, 6), np.int64)
             lanes = min(sw.lanes, default_lanes())
             drops = np.zeros((lanes, len(DROP_REASONS)), np.int64)
             Qa = (np.ascontiguousarray(Q, dtype=np.int32).reshape(-1, k) if mode == PAYLOAD_Q
@@ -683,6 +689,7 @@ class SwitchAllreduce:
                                   "step": np.full(n_w, self.step),
                                   "packet_id": first_chunk + mine, "shadow": shadow[mine],
                                   "slot": mine, "flags": np.full(n_w, flags),
+                                  "count": np.full(n_w, 0 if mode == PAYLOAD_ZERO else k),
                                   "exponent": e_next[w, mine]}, values)
                 arrivals.append(through(0, w, self.up[w], packets)[0])
             # interleave the links packet by packet: order by position within each link
@@ -700,7 +707,10 @@ class SwitchAllreduce:
                                          else res.slot),
                            "shadow": res.shadow, "slot": res.slot,
                            "flags": flag("RESULT") | np.where(res.overflow != 0,
-                                                              flag("OVERFLOW"), 0),
+                                                              flag("OVERFLOW"), 0)
+                           | (answered["flags"][res.packet] & F_PHASE if len(res) else 0),
+                           "count": np.where((answered["flags"][res.packet] & F_PHASE) != 0
+                                             if len(res) else np.zeros(0, bool), 0, k),
                            "exponent": res.exponent}, res.values)
             self._keep(down)
             stats.rounds += 1
@@ -773,8 +783,10 @@ class SwitchAllreduce:
         # just before it is sent (as a SwitchML worker does): the data is read again
         # one window later, from cache, instead of after a pass over the whole vector
         e_next = chunk_exponents(X, k, 0, P)
-        # preamble: agree on window 0's exponents (value-free packets, PHASE flag)
+        # preamble: agree on window 0's exponents (header-only packets, PHASE flag)
+        before = stats.packets_up + stats.packets_down
         _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_next, P, stats)
+        stats.header_only_packets += stats.packets_up + stats.packets_down - before
         agreed = np.where(done, agreed, e_next.max(axis=0))
         for b in range(windows):
             lo, hi = b * P, (b + 1) * P

@@ -274,9 +274,15 @@ class _Aggregation:
         update = torch.from_numpy(total / p).to(G.device, torch.float32)
         self.ps.aggregate_seconds += time.perf_counter() - tick
         step = stats.as_dict()
-        step["bytes_on_wire"] = ((stats.packets_up + stats.packets_down)
-                                 * self.clock.packet_bytes(self.k))
+        step["bytes_on_wire"] = self._wire_bytes(stats)
         return update, self.clock.switch_step_s(stats.round_log, self.k), step
+
+    def _wire_bytes(self, stats) -> int:
+        """Bytes an allreduce put on the wire: full packets, and the header-only
+        packets of the exponent preamble."""
+        hdr = stats.header_only_packets
+        return ((stats.packets_up + stats.packets_down - hdr) * self.clock.packet_bytes(self.k)
+                + hdr * self.clock.header_packet_bytes())
 
     def _offload(self, G):
         tick = time.perf_counter()
@@ -293,8 +299,7 @@ class _Aggregation:
         if ost.phase2 is not None:
             modelled += self.clock.switch_step_s(ost.phase2.round_log, self.k)
             step.update(ost.phase2.as_dict())
-            wire += (ost.phase2.packets_up + ost.phase2.packets_down) * self.clock.packet_bytes(
-                self.k)
+            wire += self._wire_bytes(ost.phase2)
         else:  # fell back: the PS gathers the full gradients and runs full FA
             modelled += self.clock.ps_step_s(p, n, self.offload.full.cost(p, n), self.k)
             wire += self.clock.ps_bytes(*G.shape, self.k)

@@ -20,7 +20,7 @@ import socket
 
 import numpy as np
 
-from innet.protocol.header import packet_dtype
+from innet.protocol.header import HEADER_BYTES, packet_dtype
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 MSG_DONTWAIT = 0x40
@@ -166,11 +166,16 @@ class BatchSocket:
         keys = _keys_of(self.names[:n])
         if not self.gro:
             good = np.flatnonzero(lengths == self.size)
-            bad = n - len(good)
+            short = np.flatnonzero(lengths == HEADER_BYTES)
+            bad = n - len(good) - len(short)
             self.received += n
             self.malformed += bad
             frames = np.ndarray((n,), dtype=self.dtype, buffer=self.ring,
                                 strides=(self.row,))
+            if len(short):
+                heads = self._header_only(short * self.row)
+                return (np.concatenate([frames[good], heads]).astype(self.dtype),
+                        np.concatenate([keys[good], keys[short]]), bad)
             return (frames[good], keys[good], bad) if bad else (frames, keys, 0)
         # the segment size of a coalesced row: its UDP_GRO control message, else the
         # whole datagram
@@ -183,20 +188,43 @@ class BatchSocket:
         seg = np.where(has, seg, lengths)
         truncated = (self._rmsg["flags"][:n] & MSG_TRUNC) != 0
         datagrams = np.where(seg > 0, -(-lengths // np.maximum(seg, 1)), 1)
-        ok = (seg == self.size) & (lengths % self.size == 0) & ~truncated
+        # (GRO may end a train of full packets with one shorter datagram: a header-only
+        # tail is kept, any other tail makes the row malformed)
+        tail = (seg == self.size) & (lengths % self.size == HEADER_BYTES) & ~truncated
+        ok = (seg == self.size) & ((lengths % self.size == 0) | tail) & ~truncated
+        short = (seg == HEADER_BYTES) & (lengths % HEADER_BYTES == 0) & ~truncated
         count = np.where(ok, lengths // self.size, 0)
-        bad = int(datagrams[~ok].sum())
+        bad = int(datagrams[~(ok | short)].sum())
         total = int(count.sum())
-        self.received += total + bad
+        n_short = int(np.where(short, lengths // HEADER_BYTES, 0).sum()) + int(tail.sum())
+        self.received += total + n_short + bad
         self.malformed += bad
-        if total == 0:
+        if total + n_short == 0:
             return self._empty()[0], self._empty()[1], bad
         if (count == 1).all():
             idx = np.arange(n) * self.per_row
         else:
             idx = np.repeat(np.arange(n) * self.per_row, count) + (
                 np.arange(total) - np.repeat(np.cumsum(count) - count, count))
-        return self._slots[idx], np.repeat(keys, count), bad
+        frames, frame_keys = self._slots[idx], np.repeat(keys, count)
+        if n_short:  # header-only packets (the exponent preamble): no payload follows
+            rows = np.flatnonzero(short)
+            per = lengths[rows] // HEADER_BYTES
+            start = (np.repeat(rows * self.row, per) + HEADER_BYTES * (
+                np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)))
+            tails = np.flatnonzero(tail)
+            start = np.concatenate([start, tails * self.row + count[tails] * self.size])
+            heads = self._header_only(start)
+            frames = np.concatenate([frames, heads]).astype(self.dtype)
+            frame_keys = np.concatenate([frame_keys, np.repeat(keys[rows], per), keys[tails]])
+        return frames, frame_keys, bad
+
+    def _header_only(self, start: np.ndarray) -> np.ndarray:
+        """Packets whose header bytes start at ``start`` in the ring, payload zero."""
+        out = np.zeros(len(start), self.dtype)
+        raw = out.view(np.uint8).reshape(len(start), self.size)
+        raw[:, :HEADER_BYTES] = self.ring.reshape(-1)[start[:, None] + np.arange(HEADER_BYTES)]
+        return out
 
     def _empty(self):
         return np.zeros(0, self.dtype), np.zeros(0, np.int64), 0
@@ -224,10 +252,14 @@ class BatchSocket:
         if len(dest) == 0:
             return 0
         base = packets.ctypes.data
-        if self.gso:  # group by destination (order kept within one), 64 per message
-            order = np.argsort(dest, kind="stable")
-            dest, rows = dest[order], rows[order]
-            start = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]])
+        # a packet with count 0 (the exponent preamble) is header-only on the wire
+        short = np.asarray(packets["count"])[rows] == 0
+        if self.gso:  # group by destination (order kept within one), 64 per message;
+            # header-only packets go one per message (GSO needs equal segments)
+            group = np.where(short, -1 - np.arange(len(dest)), dest)
+            order = np.lexsort((np.arange(len(dest)), short, dest))
+            dest, rows, short, group = dest[order], rows[order], short[order], group[order]
+            start = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
             run = np.diff(np.r_[start, len(dest)])
             first = np.concatenate([s + np.arange(0, r, GSO_SEGMENTS) for s, r in
                                     zip(start.tolist(), run.tolist())])
@@ -240,7 +272,7 @@ class BatchSocket:
             self._siov = np.zeros(len(rows), IOVEC)
         iov = self._siov[:len(rows)]
         iov["base"] = base + rows.astype(np.uint64) * self.size
-        iov["len"] = self.size
+        iov["len"] = np.where(short, HEADER_BYTES, self.size)
         iov_base = self._siov.ctypes.data
         done = 0
         for lo in range(0, len(first), self.batch):
