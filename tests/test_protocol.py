@@ -99,3 +99,35 @@ def test_the_shipped_wireshark_dissector_is_generated_from_the_header():
         out = subprocess.run(["tshark", "-X", f"lua_script:{shipped}", "-r", f"{tmp}/x.pcap",
                               "-V"], capture_output=True, text=True, timeout=60).stdout
     assert "packet_id: 4" in out and "RESULT" in out
+
+
+def test_pcap_frames_have_real_directions_hosts_and_header_only_preambles(tmp_path):
+    """Packets to the switch go worker → switch, RESULT packets switch → worker, each
+    host with its own IP and MAC; the exponent preamble's frames carry the header only;
+    modelled timestamps increase."""
+    import numpy as np
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import rdpcap
+
+    from host.switch_allreduce import SwitchAllreduce
+    from innet.protocol import HEADER_BYTES, flag
+    from innet.protocol.pcap import SWITCH_IP, SWITCH_MAC, host_of
+
+    ar = SwitchAllreduce(3, 8, 4, wire=True, capture=10_000)
+    ar.allreduce(np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32))
+    packets = ar.captured()
+    write_pcap(str(tmp_path / "c.pcap"), packets)
+    frames = rdpcap(str(tmp_path / "c.pcap"))
+    assert len(frames) == len(packets)
+    times = [float(f.time) for f in frames]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    for rec, frame in zip(packets, frames):
+        ip, mac = host_of(int(rec["worker"]))
+        if int(rec["flags"]) & flag("RESULT"):
+            assert (frame[IP].src, frame[IP].dst, frame[Ether].src) == (SWITCH_IP, ip, SWITCH_MAC)
+        else:
+            assert (frame[IP].src, frame[IP].dst, frame[Ether].src) == (ip, SWITCH_IP, mac)
+        preamble = int(rec["flags"]) & flag("PHASE")
+        assert len(frame) == 14 + 20 + 8 + HEADER_BYTES + (0 if preamble else 4 * 8)
+    assert read_pcap(str(tmp_path / "c.pcap"), 8).tobytes() == packets.tobytes()
