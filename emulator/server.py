@@ -98,8 +98,18 @@ class SwitchServer:
         self.control.setblocking(False)
         self.job: Job | None = None
         self.running = True
+        self._warm_up()
         self.unleased_drops = 0
         self.started = time.time()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the switch kernels now: the first batch
+        of a job must not wait seconds for them while the workers' timers run out."""
+        sw = SumSwitch(1, self.k, 1)
+        packets = encode({"job": [0], "worker": [0], "step": [0], "packet_id": [0],
+                          "shadow": [0], "slot": [0], "flags": [0], "exponent": [0]},
+                         np.zeros((1, self.k), np.int32))
+        sw.process(packets, np.zeros(1, np.int32))
 
     @property
     def address(self) -> tuple[str, int]:

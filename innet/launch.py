@@ -245,8 +245,10 @@ def _worker_rank(s: Scenario, args) -> None:
     StreamWorker(i, p, n.k, n.pool_size).start(np.zeros(2 * n.k, np.float32), 0, 0.0)
     dist.gather_object(list(transport.address), None, dst=0)
     dist.barrier()
-    machine = StreamWorker(i, p, n.k, n.pool_size, timeout=n.timeout_us * 1e-6,
-                           max_retries=n.max_retries)
+    # the real clock's retransmission timer: the scenario's timeout_us models a rack
+    # (1 ms by default); processes sharing a few cores need SwitchML's 10 ms at least
+    machine = StreamWorker(i, p, n.k, n.pool_size, timeout=max(0.010, n.timeout_us * 1e-6),
+                           max_timeout=0.5, max_retries=n.max_retries)
     totals = {"packets_sent": 0, "retransmissions": 0, "results_taken": 0,
               "stale_results": 0, "timeouts": 0, "fallback_chunks": 0, "stream_s": 0.0}
     size = sum(q.numel() for q in model.parameters())
@@ -323,13 +325,15 @@ def _launch_classes():
             retr = [r["retransmissions"] for r in workers]
             taken = [r["results_taken"] + r["stale_results"] for r in workers]
             try:
-                server = request(LaunchTrainer.control, {"op": "status"}, timeout=0.2,
-                                 retries=1)["job"]
+                server = request(LaunchTrainer.control, {"op": "status"}, timeout=0.5,
+                                 retries=2)["job"]
             except TimeoutError:  # the switch server is gone: its counters stay put
                 server = None
-            # every rank learns whether the switch still answers: if not, later steps
-            # go straight to the PS fallback instead of timing out again
-            dist.broadcast(torch.tensor([int(server is not None)], dtype=torch.int32), src=0)
+            # every rank learns whether the switch still serves: it does if it answers
+            # its control channel or summed any chunk of this step; if neither, later
+            # steps go straight to the PS fallback instead of timing out again
+            alive = server is not None or len(fb) < C
+            dist.broadcast(torch.tensor([int(alive)], dtype=torch.int32), src=0)
             server = server if server is not None else (self._server_before or {})
             before = self._server_before or {}
             delta = {key: server.get(key, 0) - before.get(key, 0)

@@ -132,3 +132,45 @@ def test_launch_finishes_on_the_ps_fallback_when_the_switch_server_dies(tmp_path
     assert records[0]["fallback_chunks"] == 0
     assert records[-1]["train_loss"] < records[0]["train_loss"]  # it kept training
     assert not _leftovers()
+
+
+def test_a_worker_that_stalls_and_resumes_rejoins(tmp_path):
+    """SIGSTOP of one worker rank for 3 s mid-run, then SIGCONT. Where the stall hits
+    the streaming, the others give the step's chunks up to the PS fallback (counted)
+    and the stalled worker's late packets and results are dropped as stale; where it
+    hits a collective, everyone waits. Either way it rejoins: the run finishes and its
+    last steps run through the switch again."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "stall"\n[workers]\np = 3\nf = 0\n[training]\nsteps = 30\n'
+                        '[network]\nmax_retries = 6\n[[paths]]\nrule = "mean"\nvia = "switch"\n')
+    out = tmp_path / "p"
+    proc = subprocess.Popen([sys.executable, "-m", "innet", "launch", str(scenario), "--out",
+                             str(out), "--no-report", "--no-progress"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list((out / "units").glob("*.jsonl")) if (out / "units").exists() else []
+            if parts and len(parts[0].read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        ranks = [pid for pid in _children(proc.pid)
+                 if b"innet.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                 and b"torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        worker = sorted(ranks)[-1]  # one of the worker ranks
+        os.kill(worker, signal.SIGSTOP)
+        time.sleep(3)
+        os.kill(worker, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 30
+    assert all(r["fallback_chunks"] == 0 for r in records[-3:])  # it rejoined
+    slowest = max(b["elapsed_s"] - a["elapsed_s"] for a, b in zip(records, records[1:]))
+    assert slowest >= 2.5  # the stall happened inside the run
+    assert not _leftovers()
