@@ -171,9 +171,16 @@ def cmd_run(args) -> int:
     out = experiment.output_dir(scenario, args.out)
     summary = experiment.run(scenario, str(out), progress=not args.no_progress, jobs=args.jobs,
                              resume=args.resume, force=args.force)
+    return _print_run(summary, out, args)
+
+
+def _print_run(summary, out, args, extra: str = "") -> int:
+    """The summary table, where the outputs are, and the report."""
+    from innet import experiment
+
     print()
     print(experiment.format_table(summary))
-    print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml)")
+    print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml{extra})")
     _report(out, args)
     return 0
 
@@ -395,12 +402,7 @@ def cmd_launch(args) -> int:
     except RuntimeError as err:
         print(f"innet launch: {err}", file=sys.stderr)
         return 1
-    print()
-    print(experiment.format_table(summary))
-    print(f"\noutputs in {out}/ (metrics.jsonl, summary.json, config.toml, "
-          "units/*.processes.json)")
-    _report(out, args)
-    return 0
+    return _print_run(summary, out, args, ", units/*.processes.json")
 
 
 def _add_switch(sub) -> None:

@@ -90,43 +90,51 @@ def test_launch_trains_like_run(tmp_path, loss):
     assert not _leftovers()
 
 
-def test_launch_finishes_on_the_ps_fallback_when_the_switch_server_dies(tmp_path):
-    """kill -9 of the switch server mid-run: the workers time out, every later step is
-    aggregated by the PS fallback (counted), the run finishes and nothing is left."""
-    out = tmp_path / "k"
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _launch_then(tmp_path, name: str, network: str, fault) -> list[dict]:
+    """Launch a 30-step switch-path run of p = 3, call ``fault(launch process)`` once
+    step 10 is written, let the run finish (it must), return its metrics records."""
     scenario = tmp_path / "s.toml"
-    scenario.write_text('name = "kill_switch"\n[workers]\np = 3\nf = 0\n[training]\nsteps = 30\n'
-                        '[[paths]]\nrule = "mean"\nvia = "switch"\n')
+    scenario.write_text(f'name = "{name}"\n[workers]\np = 3\nf = 0\n[training]\nsteps = 30\n'
+                        f'{network}[[paths]]\nrule = "mean"\nvia = "switch"\n')
+    out = tmp_path / name
     proc = subprocess.Popen([sys.executable, "-m", "innet", "launch", str(scenario), "--out",
-                             str(out), "--force", "--no-report", "--no-progress"], env=ENV,
+                             str(out), "--no-report", "--no-progress"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        server = None
         deadline = time.monotonic() + 300
-        part = None
         while time.monotonic() < deadline and proc.poll() is None:
             parts = list((out / "units").glob("*.jsonl")) if (out / "units").exists() else []
-            part = parts[0] if parts else None
-            if part is not None and len(part.read_text().splitlines()) >= 10:
+            if parts and len(parts[0].read_text().splitlines()) >= 10:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert part is not None, "the run never reached step 10"
-        for pid in _children(proc.pid):
-            try:
-                if b"switch\x00serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    server = pid
-            except OSError:
-                pass
-        assert server is not None
-        os.kill(server, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=300)
+        fault(proc)
+        _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_launch_finishes_on_the_ps_fallback_when_the_switch_server_dies(tmp_path):
+    """kill -9 of the switch server mid-run: the workers time out, every later step is
+    aggregated by the PS fallback (counted), the run finishes and nothing is left."""
+
+    def kill_switch(proc):
+        servers = [pid for pid in _children(proc.pid) if b"switch\x00serve" in _cmdline(pid)]
+        assert servers
+        os.kill(servers[0], signal.SIGKILL)
+
+    records = _launch_then(tmp_path, "kill_switch", "", kill_switch)
     assert len(records) == 30 and records[-1]["step"] == 30
     assert records[-1]["fallback_chunks"] > 0  # the last steps went to the PS
     assert records[0]["fallback_chunks"] == 0
@@ -140,35 +148,16 @@ def test_a_worker_that_stalls_and_resumes_rejoins(tmp_path):
     and the stalled worker's late packets and results are dropped as stale; where it
     hits a collective, everyone waits. Either way it rejoins: the run finishes and its
     last steps run through the switch again."""
-    scenario = tmp_path / "s.toml"
-    scenario.write_text('name = "stall"\n[workers]\np = 3\nf = 0\n[training]\nsteps = 30\n'
-                        '[network]\nmax_retries = 6\n[[paths]]\nrule = "mean"\nvia = "switch"\n')
-    out = tmp_path / "p"
-    proc = subprocess.Popen([sys.executable, "-m", "innet", "launch", str(scenario), "--out",
-                             str(out), "--no-report", "--no-progress"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            parts = list((out / "units").glob("*.jsonl")) if (out / "units").exists() else []
-            if parts and len(parts[0].read_text().splitlines()) >= 10:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        ranks = [pid for pid in _children(proc.pid)
-                 if b"innet.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                 and b"torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    def stall_a_worker(proc):
+        ranks = [pid for pid in _children(proc.pid) if b"innet.launch" in _cmdline(pid)
+                 and b"torch.distributed.run" not in _cmdline(pid)]
         worker = sorted(ranks)[-1]  # one of the worker ranks
         os.kill(worker, signal.SIGSTOP)
         time.sleep(3)
         os.kill(worker, signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    records = _launch_then(tmp_path, "stall", "[network]\nmax_retries = 6\n", stall_a_worker)
     assert len(records) == 30
     assert all(r["fallback_chunks"] == 0 for r in records[-3:])  # it rejoined
     slowest = max(b["elapsed_s"] - a["elapsed_s"] for a, b in zip(records, records[1:]))
