@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,7 +85,7 @@ def launch(scenario: Scenario, out: str, progress: bool = True, resume: bool = F
     experiment.load_data(scenario, torch.device("cpu"))  # fail early, write nothing
     folder = runs.usable_folder(Path(out))
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     with runs.locked(folder):
         resuming = runs.claim_folder(folder, scenario, resume, force)
         units = experiment.units_of(scenario)
@@ -129,12 +131,19 @@ def _run_unit(scenario, unit, folder, data, control, env, progress) -> None:
                            f"{UNIT_TIMEOUT_S:.0f} s; stopped") from None
     finally:
         _stop(proc)
+    # every rank's stderr (torchrun's too), kept whole beside the unit's metrics
+    log = folder / f"{unit.key(scenario)}.stderr.log"
+    runs.atomic_write(log, err or "")
     if proc.returncode != 0:
         failed = [line for line in err.splitlines() if "rank" in line and ("exitcode" in line
                                                                             or "Error" in line)]
+        cause = [line for line in err.splitlines() if re.search(
+            r"Fatal Python error|terminate called|what\(\)|Error:|Traceback", line)]
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise RuntimeError(f"launch: unit {unit.key(scenario)} failed (torchrun exit "
-                           f"{proc.returncode}); {failed[0].strip() if failed else ''}\n{tail}")
+                           f"{proc.returncode}); {failed[0].strip() if failed else ''}\n"
+                           + ("\n".join(cause[:8]) + "\n" if cause else "")
+                           + f"{tail}\n(every rank's stderr: {log})")
     if progress and err:
         sys.stderr.write(err)
 
@@ -179,6 +188,9 @@ def rank_main(argv: list[str] | None = None) -> int:
             _ps_rank(scenario, s, args)
         else:
             _worker_rank(s, args)
+        # leave together: a rank that tears its gloo pairs down while a peer's I/O
+        # thread still reads from them makes that peer abort (SIGABRT) at exit
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
     finally:
         dist.destroy_process_group()
     return 0
