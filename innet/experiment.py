@@ -412,7 +412,9 @@ class _Trainer:
         self.modelled += seconds
         add_stats(self.totals, stats)
         extra.update(_extra(self.path, stats))
-        self.train_loss = float(losses.cpu()[self.honest].mean())
+        reporting = self.honest.clone()  # the honest workers still alive
+        reporting[[i for i in range(w.p) if i not in self.live]] = False
+        self.train_loss = float(losses.cpu()[reporting].mean())
         record = {"path": self.path.name, "seed": self.scenario.seed, "step": step,
                   "train_loss": self.train_loss, "lr": self.ps.optimizer.param_groups[0]["lr"],
                   "modelled_s": self.modelled, **extra}
