@@ -17,7 +17,9 @@ filling slot, so no contribution is counted twice.
 
 Two engines run the same protocol:
 
-* the compiled engine (default): one Numba call per window runs every round — links
+* the compiled engine (default, :func:`emulator.rounds.window_kernel`: the round
+  engine is the emulator's, with the switch's and links' counters): one Numba call
+  per window runs every round — links
   (:func:`emulator.network.transmit_into`), the switch program
   (:func:`emulator.switch.switch_packet`, in slot lanes on all cores), delivery and
   reassembly. A worker quantises a packet's values when it sends it (a retransmission
@@ -52,42 +54,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from emulator.network import (
     P_DOWN_FROM,
     P_DOWN_TO,
     P_LOSSLESS,
-    S_BATCHES,
     Link,
     LinkModel,
-    hold_into,
     link_arrays,
     store_states,
-    transmit_into,
+)
+from emulator.rounds import (
+    DUPLICATE_RESULTS,
+    F_PHASE,
+    F_RETRANSMIT,
+    HOLD_FULL,
+    LATE_PACKETS,
+    LOG_UP,
+    N_COUNTS,
+    PACKETS_DOWN,
+    PACKETS_UP,
+    PAYLOAD_Q,
+    PAYLOAD_X,
+    PAYLOAD_ZERO,
+    RESULTS_LOST,
+    RETRANSMISSIONS,
+    ROUNDS,
+    STALE_RESULTS,
+    hold_buffers,
+    window_kernel,
+    window_workspace,
 )
 from emulator.switch import (
     DROP_REASONS,
     MULTICAST,
     SumSwitch,
     default_lanes,
-    switch_packet,
-    use_key,
 )
 from innet.protocol import decode, encode, flag, header, packet_dtype
 from innet.quant import chunk_exponents, quantize_chunks, scale_of
-from innet.quant.block_float import quantize_value
 
-# counters the kernel keeps (stats vector)
-(ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS,
- LATE_PACKETS, STALE_RESULTS, HOLD_FULL) = range(9)
-N_COUNTS = 9
-# one row per round: packets sent on the busiest up link / down link, totals, retransmit?
-# (and whether the round's packets were header-only: the exponent preamble)
-LOG_UP_MAX, LOG_DOWN_MAX, LOG_UP, LOG_DOWN, LOG_RETRANSMIT, LOG_HEADER_ONLY = range(6)
-F_RETRANSMIT, F_PHASE = flag("RETRANSMIT"), flag("PHASE")
-PAYLOAD_Q, PAYLOAD_ZERO, PAYLOAD_X = 0, 1, 2
 MAX_RETRIES = 10_000  # timeouts per window; far past any loss a run survives
 MAX_POOL = 1 << header.part_bits("slot")  # slots per shadow set the slot field can name
 MAX_JOB = (1 << header.part_bits("job")) - 1  # the largest job id the header holds
@@ -132,366 +139,6 @@ class AllreduceStats:
         out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
         out.pop("round_log")
         return out
-
-
-@numba.njit(cache=True, inline="always")
-def _quantize_packet(X, w, base, fc, dst):
-    """dst = round(X[w, base : base + k]·fc), zero past the end of the row: the same
-    values :func:`innet.quant.quantize_chunks` writes (one quantiser for both)."""
-    k = dst.shape[0]
-    n = X.shape[1]
-    if base + k <= n:
-        src = X[w, base : base + k]
-        for j in range(k):
-            dst[j] = quantize_value(src[j], fc)
-    else:
-        for j in range(k):
-            dst[j] = quantize_value(X[w, base + j], fc) if base + j < n else 0
-
-
-@numba.njit(cache=True, inline="always")
-def _is_current(key, v, s, step, first_chunk, shadow, m):
-    """Whether a result for slot s of use (key, set v) is one the workers of this window
-    wait for: a worker checks the result's step, packet_id and shadow bit."""
-    return s < m and v == shadow[s] and key == use_key(step, first_chunk + s)
-
-
-@numba.njit(cache=True, parallel=True)
-def _window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
-                   bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
-                   mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
-                   max_retries, up_params, up_state, down_params, down_state,
-                   result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
-                   workspace, held):
-    """Every round of one window (see the module docstring); returns the rounds run.
-
-    mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_X:
-    worker w quantises its chunk first_chunk + c of X with scale f[c] when it sends
-    the packet (as a SwitchML worker fills its packet buffer), so no send buffer of
-    the whole window is written and read back, and the reassembled chunk is written
-    dequantised (sum / f[c], float64) to its place in ``dequantized`` (n,) instead of
-    ``result``; PAYLOAD_ZERO: no values (the exponent preamble). Links and
-    workers are independent, so the up and down phases run in parallel over workers
-    (each link's stream is sequential: results do not depend on the thread count).
-    ``workspace`` (:func:`window_workspace`) holds the per-round arrays, allocated once
-    per engine: fresh ones every window cost page faults on ~10 MB (huge pages zeroed
-    whole), more than the rounds' own work.
-
-    ``held`` (:func:`hold_buffers`) are the packets the links hold back
-    (:func:`emulator.network.hold_into`), kept across windows and steps: up packets
-    with their header and values, result packets with the use they answer. A link
-    delivers its due packets before the round's own; the switch judges a late packet
-    like any other (its use check drops one of an earlier use), and a worker takes a
-    result only for the use it waits for (:func:`_is_current`)."""
-    sent = np.zeros(p, np.int64)  # per worker, this round
-    arrived = np.zeros(p, np.int64)
-    down_sent = np.zeros(p, np.int64)
-    lost = np.zeros(p, np.int64)
-    dup = np.zeros(p, np.int64)
-    stale = np.zeros(p, np.int64)
-    late_up = np.zeros(p, np.int64)
-    late_down = np.zeros(p, np.int64)
-    full = np.zeros(p, np.int64)
-    n_want = np.zeros(p, np.int64)  # results each worker still waits for
-    # per_link: chunk ids in arrival order, per up link (−h−1: held packet h);
-    # out_kind / out_idx: the switch's answer to each of them; pend: per worker, the
-    # chunks it may still want; mine: the records one down link carries; mark: which
-    # of them arrived (duplicates count once)
-    (per_link, out_kind, out_idx, pos, keys, pend, rec_kind, rec_idx, rec_dest,
-     mine, dpos, dkeys, mark, rec_key, rec_v, late, due) = workspace
-    (hu_n, hu_use, hu_shadow, hu_slot, hu_exp, hu_flags, hu_due, hu_values,
-     hd_n, hd_use, hd_shadow, hd_slot, hd_due) = held
-    cap = hu_use.shape[1]  # 0: no link delays
-    scratch = np.zeros((n_lanes, k), np.int32)
-    n_pend = np.full(p, m, np.int64)
-    for w in range(p):
-        for c in range(m):
-            pend[w, c] = c
-        if live[w]:
-            for c in range(m):
-                if want[w, c]:
-                    n_want[w] += 1
-    rounds = 0
-    for attempt in range(max_retries + 1):
-        flags = base_flags | (F_RETRANSMIT if attempt > 0 else 0)
-        # -- up: each live worker sends its wanted chunks through its link
-        for w in numba.prange(p):
-            sent[w] = 0
-            arrived[w] = 0
-            if live[w]:
-                n_w = 0
-                for i in range(n_pend[w]):  # the chunks still wanted, ascending
-                    c = pend[w, i]
-                    if want[w, c]:
-                        pend[w, n_w] = c
-                        n_w += 1
-                n_pend[w] = n_w
-                n_rel = 0  # held packets due now arrive first
-                if cap > 0:
-                    batch = up_state[w, S_BATCHES]
-                    for h in range(hu_n[w]):
-                        if 0 <= hu_due[w, h] <= batch:
-                            per_link[w, n_rel] = -h - 1
-                            hu_due[w, h] = -1  # released: compacted after the switch
-                            n_rel += 1
-                got = transmit_into(up_params[w], up_state[w], n_w, pos[w], keys[w])
-                if up_params[w, P_LOSSLESS] == 0.0:  # lossless: arrival order = send order
-                    got, n_late = hold_into(up_params[w], up_state[w], pos[w], got,
-                                            late[w], due[w])
-                    for j in range(n_late):  # held back: keep the packet as it was sent
-                        c = pend[w, late[w, j]]
-                        h = hu_n[w]
-                        if h >= cap:
-                            full[w] += 1  # no room to hold it: lost
-                            continue
-                        hu_n[w] += 1
-                        hu_use[w, h] = use_key(step, first_chunk + c)
-                        hu_shadow[w, h] = shadow[c]
-                        hu_slot[w, h] = c
-                        hu_exp[w, h] = e_next[w, c]
-                        hu_flags[w, h] = flags
-                        hu_due[w, h] = due[w, j]
-                        if mode == PAYLOAD_X:
-                            _quantize_packet(X, w, (first_chunk + c) * k, f[c], hu_values[w, h])
-                        elif mode == PAYLOAD_Q:
-                            hu_values[w, h] = Q[w * m + c]
-                        else:
-                            hu_values[w, h] = 0
-                    late_up[w] += n_late
-                    for j in range(got):
-                        per_link[w, n_rel + j] = pend[w, pos[w, j]]
-                else:
-                    for j in range(got):
-                        per_link[w, n_rel + j] = pend[w, j]
-                sent[w] = n_w
-                arrived[w] = n_rel + got
-        longest = arrived.max()
-        # -- the switch, in slot lanes; the links interleave packet by packet
-        for q in numba.prange(n_lanes):
-            for t in range(longest):
-                for w in range(p):
-                    if t >= arrived[w]:
-                        continue
-                    c = per_link[w, t]
-                    if c < 0:  # a late packet, as it was sent rounds (or windows) ago
-                        h = -c - 1
-                        s_h = hu_slot[w, h]
-                        if ((s_h >> 6) & (n_lanes - 1)) != q:
-                            continue
-                        kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, hu_shadow[w, h], s_h, hu_flags[w, h], hu_exp[w, h],
-                            0 if (hu_flags[w, h] & F_PHASE) != 0 else k, hu_use[w, h],
-                            port_of_worker[w], hu_values[w], h, bitmap,
-                            use_reg, counter, exp_reg, ovf_reg, regs, drops, q)
-                        out_kind[w, t] = kind
-                        out_idx[w, t] = idx
-                        continue
-                    if ((c >> 6) & (n_lanes - 1)) != q:
-                        continue
-                    use = use_key(step, first_chunk + c)  # the packet's step and packet_id
-                    if mode == PAYLOAD_Q:  # read in place: Q is (p·m, k)
-                        kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
-                            port_of_worker[w], Q, w * m + c, bitmap, use_reg, counter,
-                            exp_reg, ovf_reg, regs, drops, q)
-                    else:
-                        if mode == PAYLOAD_X:  # the packet's k values, quantised now
-                            _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
-                        kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, shadow[c], c, flags, e_next[w, c],
-                            0 if mode == PAYLOAD_ZERO else k, use,
-                            port_of_worker[w], scratch, q, bitmap, use_reg, counter,
-                            exp_reg, ovf_reg, regs, drops, q)
-                    out_kind[w, t] = kind
-                    out_idx[w, t] = idx
-        n_rec = 0
-        for t in range(longest):  # the result packets, in arrival order
-            for w in range(p):
-                if t < arrived[w] and out_kind[w, t] > 0:
-                    rec_kind[n_rec] = out_kind[w, t]
-                    rec_idx[n_rec] = out_idx[w, t]
-                    rec_dest[n_rec] = w
-                    c = per_link[w, t]
-                    if c >= 0:  # the use the answered packet belonged to
-                        rec_key[n_rec] = use_key(step, first_chunk + c)
-                        rec_v[n_rec] = shadow[c]
-                    else:
-                        rec_key[n_rec] = hu_use[w, -c - 1]
-                        rec_v[n_rec] = hu_shadow[w, -c - 1]
-                    n_rec += 1
-        if cap > 0:  # forget the held packets that were delivered
-            for w in numba.prange(p):
-                kept = 0
-                for h in range(hu_n[w]):
-                    if hu_due[w, h] >= 0:
-                        if kept != h:
-                            hu_use[w, kept] = hu_use[w, h]
-                            hu_shadow[w, kept] = hu_shadow[w, h]
-                            hu_slot[w, kept] = hu_slot[w, h]
-                            hu_exp[w, kept] = hu_exp[w, h]
-                            hu_flags[w, kept] = hu_flags[w, h]
-                            hu_due[w, kept] = hu_due[w, h]
-                            hu_values[w, kept] = hu_values[w, h]
-                        kept += 1
-                hu_n[w] = kept
-        # -- down: multicast results reach every port, unicasts their worker (a link
-        # carries at most m multicasts and 2m unicasts: its worker's packets, duplicated)
-        for w in numba.prange(p):
-            n_w = 0
-            for r in range(n_rec):
-                if rec_kind[r] == MULTICAST or rec_dest[r] == w:
-                    mine[w, n_w] = r
-                    n_w += 1
-            down_sent[w] = n_w
-            lost[w] = 0
-            dup[w] = 0
-            if not live[w]:
-                continue
-            if cap > 0 and hd_n[w] > 0:  # late results due now arrive first
-                batch = down_state[w, S_BATCHES]
-                kept = 0
-                for h in range(hd_n[w]):
-                    if hd_due[w, h] <= batch:
-                        s = hd_slot[w, h]
-                        if _is_current(hd_use[w, h], hd_shadow[w, h], s, step, first_chunk,
-                                       shadow, m):
-                            if want[w, s]:
-                                want[w, s] = False
-                                n_want[w] -= 1
-                            else:
-                                dup[w] += 1
-                        else:
-                            stale[w] += 1  # a result of an earlier use: dropped
-                    else:
-                        hd_use[w, kept] = hd_use[w, h]
-                        hd_shadow[w, kept] = hd_shadow[w, h]
-                        hd_slot[w, kept] = hd_slot[w, h]
-                        hd_due[w, kept] = hd_due[w, h]
-                        kept += 1
-                hd_n[w] = kept
-            got = transmit_into(down_params[w], down_state[w], n_w, dpos[w], dkeys[w])
-            n_late = 0
-            if down_params[w, P_LOSSLESS] == 0.0:
-                got, n_late = hold_into(down_params[w], down_state[w], dpos[w], got,
-                                        late[w], due[w])
-            delivered = 0
-            for j in range(n_late):  # held back: keep which use the result answers
-                if mark[w, late[w, j]] == 0:
-                    mark[w, late[w, j]] = 1
-                    delivered += 1  # not lost: it arrives later
-                h = hd_n[w]
-                if h >= cap:
-                    full[w] += 1
-                    continue
-                r = mine[w, late[w, j]]
-                hd_n[w] += 1
-                hd_use[w, h] = rec_key[r]
-                hd_shadow[w, h] = rec_v[r]
-                hd_slot[w, h] = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
-                hd_due[w, h] = due[w, j]
-            late_down[w] += n_late
-            for j in range(got):
-                r = mine[w, dpos[w, j]]
-                if mark[w, dpos[w, j]] == 0:  # duplicates of a record count once as delivered
-                    mark[w, dpos[w, j]] = 1
-                    delivered += 1
-                s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
-                if not _is_current(rec_key[r], rec_v[r], s, step, first_chunk, shadow, m):
-                    stale[w] += 1  # answers a late packet of an earlier use: dropped
-                elif want[w, s]:
-                    want[w, s] = False
-                    n_want[w] -= 1
-                else:
-                    dup[w] += 1  # a copy it already has: dropped
-            lost[w] = n_w - delivered
-            for j in range(got):
-                mark[w, dpos[w, j]] = 0
-            for j in range(n_late):
-                mark[w, late[w, j]] = 0
-        counts[PACKETS_UP] += sent.sum()
-        counts[PACKETS_DOWN] += down_sent.sum()
-        counts[RESULTS_LOST] += lost.sum()
-        counts[DUPLICATE_RESULTS] += dup.sum()
-        if attempt > 0:
-            counts[RETRANSMISSIONS] += sent.sum()
-        round_log[rounds, LOG_UP_MAX] = sent.max()
-        round_log[rounds, LOG_DOWN_MAX] = down_sent.max()
-        round_log[rounds, LOG_UP] = sent.sum()
-        round_log[rounds, LOG_DOWN] = down_sent.sum()
-        round_log[rounds, LOG_RETRANSMIT] = 1 if attempt > 0 else 0
-        round_log[rounds, LOG_HEADER_ONLY] = 1 if mode == PAYLOAD_ZERO else 0
-        rounds += 1
-        counts[ROUNDS] += 1
-        pending = False
-        for w in range(p):
-            if live[w] and n_want[w] > 0:
-                pending = True
-        if not pending:
-            break
-    counts[LATE_PACKETS] += late_up.sum() + late_down.sum()
-    counts[STALE_RESULTS] += stale.sum()
-    counts[HOLD_FULL] += full.sum()
-    # reassembly: a result packet carries its slot's registers, which cannot change
-    # once the slot completes within the window (see the module docstring)
-    n = dequantized.shape[0]
-    for s in numba.prange(m):
-        got_it = False
-        for w in range(p):
-            if live[w] and not want[w, s]:
-                got_it = True
-        idx = shadow[s] * pool_size + s
-        if got_it:
-            res_exp[s] = exp_reg[idx]
-            res_ovf[s] = ovf_reg[idx]
-            have[s] = True
-        if mode == PAYLOAD_X:  # a chunk nobody received reads 0 (the PS will replace it)
-            base = (first_chunk + s) * k
-            width = min(k, n - base)
-            if width > 0:
-                dst = dequantized[base : base + width]
-                values = regs[idx, :width]
-                for j in range(width):
-                    dst[j] = np.float64(values[j]) / f[s] if got_it else 0.0
-        elif got_it:
-            for j in range(k):
-                result[s, j] = regs[idx, j]
-    return rounds
-
-
-def window_workspace(p: int, m: int, cap: int = 0) -> tuple:
-    """The arrays :func:`_window_kernel` reuses round after round for windows of up to m
-    chunks, with hold buffers of ``cap`` packets per link (see its docstring for each
-    one's role)."""
-    up = (p, 2 * m + cap)  # a link delivers at most twice what it was given
-    # (duplication), after the late packets it held
-    # m multicasts, the unicast answers to 2m arrivals and to the late ones, and the
-    # multicasts late packets of an earlier use may complete
-    down = (p, 3 * m + (p + 1) * cap)
-    records = p * (2 * m + cap)
-    return (np.empty(up, np.int32), np.zeros(up, np.int8), np.zeros(up, np.int32),
-            np.empty(up, np.int64), np.empty(up, np.float64), np.empty((p, m), np.int32),
-            np.empty(records, np.int8), np.empty(records, np.int32),
-            np.empty(records, np.int32), np.empty(down, np.int64),
-            np.empty((p, 2 * down[1]), np.int64), np.empty((p, 2 * down[1]), np.float64),
-            np.zeros(down, np.int8), np.empty(records, np.int64), np.empty(records, np.int32),
-            np.empty((p, 2 * down[1]), np.int64), np.empty((p, 2 * down[1]), np.int64))
-
-
-def hold_buffers(p: int, k: int, cap: int) -> tuple:
-    """What the links hold back for :func:`_window_kernel`, ``cap`` packets per link
-    and direction (a packet that finds its link's buffer full is lost, counted as
-    ``hold_full``): up, the count, use key, shadow, slot, exponent, flags, due batch
-    and k values of each held packet; down, the count, use key, shadow, slot and due
-    batch of each held result (the worker only checks which use a result answers;
-    one it takes is a current slot's, whose registers no longer change)."""
-    i32 = lambda: np.zeros((p, cap), np.int32)  # noqa: E731
-    return (np.zeros(p, np.int64), np.zeros((p, cap), np.int64), i32(), i32(), i32(), i32(),
-            np.zeros((p, cap), np.int64), np.zeros((p, cap, k), np.int32),
-            np.zeros(p, np.int64), np.zeros((p, cap), np.int64), i32(), i32(),
-            np.zeros((p, cap), np.int64))
 
 
 class SwitchAllreduce:
@@ -611,7 +258,7 @@ class SwitchAllreduce:
             if mode != PAYLOAD_X:
                 X, f, out = np.zeros((1, 1), np.float32), np.zeros(m), np.zeros(0)
             res = np.zeros((1, k), np.int32) if result is None else result
-            rounds = _window_kernel(
+            rounds = window_kernel(
                 self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table,
                 np.int32(sw.exponent_cap), lanes,
                 sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
