@@ -35,10 +35,11 @@ import numpy as np
 
 from emulator.network import Link, LinkModel
 from emulator.switch import DROP_REASONS, MULTICAST, SumSwitch
-from innet.protocol import decode, encode, flag
+from innet.protocol import decode, encode, flag, packet_dtype
 from innet.protocol.udp import BatchSocket, address_key
 
 F_RESULT, F_OVERFLOW, F_PHASE = flag("RESULT"), flag("OVERFLOW"), flag("PHASE")
+F_EDGES = flag("FIRST", "LAST")
 
 
 class Job:
@@ -90,8 +91,12 @@ class SwitchServer:
     """The data and control sockets and at most one leased job."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, control_port: int = 0,
-                 k: int = 64, batch: int = 1024):
+                 k: int = 64, batch: int = 1024, capture: int = 0):
         self.k = k
+        #: the first ``capture`` datagrams in and out, with real timestamps and the
+        #: worker each came from or went to (:meth:`write_capture` makes a pcap of them)
+        self.capture_left = capture
+        self.captured: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.data = BatchSocket(k, host, port, batch)
         self.control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.control.bind((host, control_port))
@@ -152,15 +157,19 @@ class SwitchServer:
             job.counters["emulated_lost_up"] += len(frames) - len(np.unique(arrive))
             packets, port = frames[arrive], ingress[arrive]
         job.counters["packets_in"] += len(packets)
+        if self.capture_left > 0:
+            self._capture(packets, port)
         h, values = decode(packets)  # once: the switch's input and the answers' fields
         res = sw.process_native(h, values, port)
         if len(res) == 0:
             return n
-        phase = h["flags"][res.packet] & F_PHASE
+        echoed = h["flags"][res.packet]  # a result echoes its packet's PHASE, FIRST, LAST
+        phase = echoed & F_PHASE
         out = encode({"job": np.full(len(res), job.job), "worker": res.worker,
                       "step": h["step"][res.packet], "packet_id": h["packet_id"][res.packet],
                       "shadow": res.shadow, "slot": res.slot,
-                      "flags": F_RESULT | np.where(res.overflow != 0, F_OVERFLOW, 0) | phase,
+                      "flags": F_RESULT | np.where(res.overflow != 0, F_OVERFLOW, 0)
+                      | (echoed & (F_PHASE | F_EDGES)),
                       "count": np.where(phase != 0, 0, job.k),
                       "exponent": res.exponent}, res.values)
         # destinations: a completed slot to every worker, a kept result to its asker
@@ -177,7 +186,30 @@ class SwitchServer:
             kept = job.through(job.down, dest_w)
             job.counters["emulated_lost_down"] += len(rows) - len(np.unique(kept))
         job.counters["results_sent"] += self.data.send(out, job.keys[dest_w[kept]], rows[kept])
+        if self.capture_left > 0:
+            self._capture(out[rows[kept]], dest_w[kept])
         return n
+
+    def _capture(self, packets: np.ndarray, workers: np.ndarray) -> None:
+        take = min(self.capture_left, len(packets))
+        now = time.time()  # one receive (or send) call: its frames 1 ns apart, in order
+        self.captured.append((packets[:take].copy(), np.asarray(workers[:take]).copy(),
+                              now + 1e-9 * np.arange(take)))
+        self.capture_left -= take
+
+    def write_capture(self, path: str) -> int:
+        """Write the captured datagrams to a pcap (see :mod:`innet.protocol.pcap`);
+        returns how many."""
+        from innet.protocol.pcap import write_pcap
+
+        if not self.captured:
+            packets, hosts, times = np.zeros(0, packet_dtype(self.k)), np.zeros(0), np.zeros(0)
+        else:
+            packets = np.concatenate([c[0] for c in self.captured]).astype(packet_dtype(self.k))
+            hosts = np.concatenate([c[1] for c in self.captured])
+            times = np.concatenate([c[2] for c in self.captured])
+        write_pcap(path, packets, times, hosts=hosts)
+        return len(packets)
 
     # -- the control path --------------------------------------------------------------
     def handle_control(self) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from innet.protocol import decode, encode, flag
+from innet.protocol import decode, edge_flags, encode, flag
 from innet.quant import chunk_exponents, scale_of
 
 F_RESULT, F_RETRANSMIT, F_PHASE = flag("RESULT"), flag("RETRANSMIT"), flag("PHASE")
@@ -112,7 +112,8 @@ class StreamWorker:
             f = scale_of(e, self.p)
             q = np.rint(self.chunks[c].astype(np.float64) * f[:, None])
             values[real] = np.clip(q, -2147483648.0, 2147483647.0).astype(np.int32)
-        flags = np.where(pre, F_PHASE, 0) | (0 if fresh else F_RETRANSMIT)
+        flags = (np.where(pre, F_PHASE, 0) | (0 if fresh else F_RETRANSMIT)
+                 | edge_flags(pid, self.C, pre))
         n = len(slots)
         packets = encode({"job": np.full(n, self.job), "worker": np.full(n, self.w),
                           "step": np.full(n, self.step), "packet_id": pid,

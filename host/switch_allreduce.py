@@ -92,9 +92,10 @@ from emulator.switch import (
     SumSwitch,
     default_lanes,
 )
-from innet.protocol import decode, encode, flag, header, packet_dtype
+from innet.protocol import decode, edge_flags, encode, flag, header, packet_dtype
 from innet.quant import chunk_exponents, quantize_chunks, scale_of
 
+F_EDGES = flag("FIRST", "LAST")
 MAX_RETRIES = 10_000  # timeouts per window; far past any loss a run survives
 MAX_POOL = 1 << header.part_bits("slot")  # slots per shadow set the slot field can name
 MAX_JOB = (1 << header.part_bits("job")) - 1  # the largest job id the header holds
@@ -198,6 +199,7 @@ class SwitchAllreduce:
         #: (the FA offload's phase-2 guard, :class:`emulator.offload.GuardSwitch`)
         self.guard = None
         self.step = 0
+        self._chunks = 0  # chunks of the vector being summed (FIRST / LAST flags)
         self.wire = wire
         self.capture = capture
         self._captured: list[np.ndarray] = []
@@ -335,7 +337,8 @@ class SwitchAllreduce:
                 packets = encode({"job": np.full(n_w, self.job), "worker": np.full(n_w, w),
                                   "step": np.full(n_w, self.step),
                                   "packet_id": first_chunk + mine, "shadow": shadow[mine],
-                                  "slot": mine, "flags": np.full(n_w, flags),
+                                  "slot": mine, "flags": np.full(n_w, flags) | edge_flags(
+                                      first_chunk + mine, self._chunks, mode == PAYLOAD_ZERO),
                                   "count": np.full(n_w, 0 if mode == PAYLOAD_ZERO else k),
                                   "exponent": e_next[w, mine]}, values)
                 arrivals.append(through(0, w, self.up[w], packets)[0])
@@ -355,7 +358,8 @@ class SwitchAllreduce:
                            "shadow": res.shadow, "slot": res.slot,
                            "flags": flag("RESULT") | np.where(res.overflow != 0,
                                                               flag("OVERFLOW"), 0)
-                           | (answered["flags"][res.packet] & F_PHASE if len(res) else 0),
+                           | (answered["flags"][res.packet] & (F_PHASE | F_EDGES) if len(res)
+                              else 0),
                            "count": np.where((answered["flags"][res.packet] & F_PHASE) != 0
                                              if len(res) else np.zeros(0, bool), 0, k),
                            "exponent": res.exponent}, res.values)
@@ -417,7 +421,7 @@ class SwitchAllreduce:
         elif out.shape != (n,) or out.dtype != np.float64 or not out.flags.c_contiguous:
             raise ValueError(f"out must be a contiguous float64 array of shape ({n},)")
         k, stats = self.k, AllreduceStats()
-        C = -(-n // k)
+        C = self._chunks = -(-n // k)
         fallback = np.zeros(C, dtype=bool)
         if self.switch is None:
             stats.fallback_chunks["no_slots"] = C

@@ -386,6 +386,11 @@ def _add_launch(sub) -> None:
     mode.add_argument("--resume", action="store_true", help="run the units not finished yet")
     mode.add_argument("--force", action="store_true",
                       help="replace the run the output folder holds")
+    p.add_argument("--pcap", default=None,
+                   help="write the switch server's first --pcap-packets datagrams in and out "
+                   "(real timestamps, per-worker hosts) to this pcap file")
+    p.add_argument("--pcap-packets", type=int, default=20_000, dest="pcap_packets",
+                   help="datagrams --pcap keeps (default 20000)")
 
 
 def cmd_launch(args) -> int:
@@ -398,7 +403,8 @@ def cmd_launch(args) -> int:
     out = experiment.output_dir(scenario, args.out)
     try:
         summary = launch(scenario, str(out), progress=not args.no_progress,
-                         resume=args.resume, force=args.force)
+                         resume=args.resume, force=args.force, pcap=args.pcap,
+                         pcap_packets=args.pcap_packets)
     except RuntimeError as err:
         print(f"innet launch: {err}", file=sys.stderr)
         return 1
@@ -426,6 +432,11 @@ def _add_switch(sub) -> None:
                        help="datagrams per recvmmsg (default 1024)")
     serve.add_argument("--idle-timeout", type=float, default=None, dest="idle_timeout",
                        help="exit after this many seconds without a datagram")
+    serve.add_argument("--pcap", default=None,
+                       help="on exit, write the first --pcap-packets datagrams in and out "
+                       "(real timestamps) to this pcap file")
+    serve.add_argument("--pcap-packets", type=int, default=20_000, dest="pcap_packets",
+                       help="datagrams --pcap keeps (default 20000)")
     for name in ("status", "stop"):
         q = ssub.add_parser(name, help=f"{name} of a running switch server")
         q.add_argument("--control", required=True, help="its control address HOST:PORT")
@@ -440,7 +451,8 @@ def cmd_switch(args) -> int:
         if not (args.port == 0 or 1 <= args.port <= 65535) or args.k < 1 or args.batch < 1:
             raise config.ScenarioError("switch serve: --port must be 0..65535, -k and --batch "
                                        ">= 1")
-        server = SwitchServer(args.host, args.port, args.control_port, args.k, args.batch)
+        server = SwitchServer(args.host, args.port, args.control_port, args.k, args.batch,
+                              capture=args.pcap_packets if args.pcap else 0)
         (h, d), (_, c) = server.address, server.control_address
         print(json.dumps({"data": [h, d], "control": [h, c], "k": args.k}), flush=True)
         try:
@@ -449,6 +461,8 @@ def cmd_switch(args) -> int:
             pass
         finally:
             server.close()
+            if args.pcap:
+                server.write_capture(args.pcap)
         return 0
     host, _, port = args.control.rpartition(":")
     if not host or not port.isdigit():

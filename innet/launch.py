@@ -84,7 +84,8 @@ def check_launchable(s: Scenario) -> None:
 
 # -- the CLI side -----------------------------------------------------------------------
 def launch(scenario: Scenario, out: str, progress: bool = True, resume: bool = False,
-           force: bool = False) -> dict[str, Any]:
+           force: bool = False, pcap: str | None = None,
+           pcap_packets: int = 20_000) -> dict[str, Any]:
     """Run every unit of ``scenario`` on a switch server process and p + 1 torchrun
     ranks; returns the summary. Nothing is left running, whatever happens."""
     from innet import experiment
@@ -104,10 +105,13 @@ def launch(scenario: Scenario, out: str, progress: bool = True, resume: bool = F
         runs.atomic_write(folder / "config.toml", tomli_w.dumps(to_dict(scenario)))
         done = experiment._gather(scenario, folder, units)
         todo = [u for u in units if u not in done]
+        capture = ["--pcap", str(Path(pcap).resolve()), "--pcap-packets",
+                   str(pcap_packets)] if pcap else []
         server = subprocess.Popen(
             [sys.executable, "-m", "innet", "switch", "serve", "--port", "0", "-k",
-             str(scenario.network.k)], stdout=subprocess.PIPE, text=True, env=env,
+             str(scenario.network.k), *capture], stdout=subprocess.PIPE, text=True, env=env,
             start_new_session=True)
+        info: dict = {}
         try:
             info = json.loads(server.stdout.readline() or "{}")
             if "data" not in info:
@@ -117,7 +121,7 @@ def launch(scenario: Scenario, out: str, progress: bool = True, resume: bool = F
                 _run_unit(scenario, u, folder, data, control, env, progress, resuming)
                 experiment._gather(scenario, folder, units)
         finally:
-            _stop(server)
+            _shut_down(server, info)
         return runs.read_json(folder / "summary.json", "summary.json")
 
 
@@ -188,6 +192,19 @@ def _run_unit(scenario, unit, folder, data, control, env, progress, resume=False
                            f"{failed[0].strip() if failed else ''}\n"
                            + ("\n".join(cause[:8]) + "\n" if cause else "")
                            + f"{tail}\n(every rank's stderr: {log})")
+
+
+def _shut_down(server: subprocess.Popen, info: dict) -> None:
+    """Ask the switch server to exit (it writes its capture), then make sure it did."""
+    from emulator.server import request
+
+    if server.poll() is None and "control" in info:
+        try:
+            request(tuple(info["control"]), {"op": "shutdown"}, timeout=1.0, retries=2)
+            server.wait(timeout=30)
+        except (TimeoutError, RuntimeError, subprocess.TimeoutExpired, OSError):
+            pass
+    _stop(server)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -87,6 +88,51 @@ def test_launch_trains_like_run(tmp_path, loss):
     procs = json.loads(next((tmp_path / "l" / "units").glob("*.processes.json")).read_text())
     assert len(procs["ranks"]) == 4 and procs["ranks"][0]["role"] == "ps"
     assert procs["failures"] == [] and procs["attempts"] == 1  # no rank failed mid-run
+    assert not _leftovers()
+
+
+def test_launch_writes_a_pcap_of_the_real_packets(tmp_path):
+    """--pcap: the switch server's datagrams in both directions, with real timestamps
+    (inside the launch's wall-clock span), each worker's own host, results from the
+    switch, the header-only preamble, FIRST on chunk 0 and LAST on the last chunk."""
+    from scapy.layers.inet import IP
+    from scapy.utils import rdpcap
+
+    from innet.protocol import decode, flag, packet_dtype
+    from innet.protocol.header import InnetAgg
+    from innet.protocol.pcap import SWITCH_IP, host_of
+
+    before = time.time()
+    pcap = tmp_path / "launch.pcap"
+    launched = _innet("launch", "scenarios/switch_loss.toml", "--out", str(tmp_path / "l"),
+                      "--set", "workers.p=3", "--set", "training.steps=2", "--no-report",
+                      "--no-progress", "--pcap", str(pcap), "--pcap-packets", "2000")
+    after = time.time()
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    frames = rdpcap(str(pcap))
+    assert len(frames) == 2000  # (two steps send more)
+    workers = {host_of(w)[0] for w in range(3)}
+    up = [f for f in frames if f[IP].dst == SWITCH_IP]
+    down = [f for f in frames if f[IP].src == SWITCH_IP]
+    assert up and down and len(up) + len(down) == len(frames)
+    assert {f[IP].src for f in up} == workers and {f[IP].dst for f in down} == workers
+    times = np.array([float(f.time) for f in frames])
+    assert before <= times.min() and times.max() <= after
+    k = 64
+    raw = [bytes(f[InnetAgg]) for f in frames]
+    size = packet_dtype(k).itemsize
+    packets = np.frombuffer(b"".join(r + bytes(size - len(r)) for r in raw),
+                            packet_dtype(k))
+    h, _ = decode(packets)
+    result = (h["flags"] & flag("RESULT")) != 0
+    assert result.tolist() == [f[IP].src == SWITCH_IP for f in frames]  # directions
+    assert ((h["flags"] & flag("PHASE")) != 0).any()  # the preamble, header-only
+    assert min(len(r) for r in raw) == 16
+    assert ((h["flags"] & flag("FIRST")) != 0)[h["packet_id"] == 0].any()
+    data = (h["flags"] & flag("PHASE")) == 0
+    last = (h["flags"] & flag("LAST")) != 0
+    assert last.any() and (h["packet_id"][last] == h["packet_id"][data].max()).all()
+    assert not (last & ~data).any()
     assert not _leftovers()
 
 

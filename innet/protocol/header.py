@@ -88,6 +88,15 @@ def flag(*names: str) -> int:
     return sum(1 << FLAGS.index(n) for n in names)
 
 
+def edge_flags(packet_id: np.ndarray, chunks: int, preamble: np.ndarray | bool = False
+               ) -> np.ndarray:
+    """FIRST on the packet of a stream's first chunk, LAST on its last chunk's (one
+    packet may carry both); none on the exponent preamble's header-only packets."""
+    pid = np.asarray(packet_id, np.int64)
+    out = np.where(pid == 0, flag("FIRST"), 0) | np.where(pid == chunks - 1, flag("LAST"), 0)
+    return np.where(preamble, 0, out)
+
+
 def _scapy_fields(field: Field) -> list:
     if field.parts:
         return [BitField(name, 0, width) for name, width in field.parts]

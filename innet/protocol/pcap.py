@@ -27,7 +27,10 @@ def host_of(worker: int) -> tuple[str, str]:
 
 
 def to_scapy(packets: np.ndarray, times: np.ndarray | None = None,
-             gbps: float = 100.0) -> list:
+             gbps: float = 100.0, hosts: np.ndarray | None = None) -> list:
+    """Scapy frames of wire-format packets; ``hosts[i]`` is the worker packet i came
+    from or goes to (default: its worker field — a multicast result reaches every
+    worker with the worker field of the packet that completed it)."""
     k = packets.dtype["values"].shape[0]
     if packets.dtype != packet_dtype(k):  # e.g. canonicalised to native byte order
         packets = packets.astype(packet_dtype(k))
@@ -36,7 +39,7 @@ def to_scapy(packets: np.ndarray, times: np.ndarray | None = None,
         raw = rec.tobytes()
         if int(rec["count"]) == 0:
             raw = raw[:HEADER_BYTES]
-        ip, mac = host_of(int(rec["worker"]))
+        ip, mac = host_of(int(rec["worker"] if hosts is None else hosts[i]))
         port = PORT_MIN + int(rec["job"]) % 16
         if int(rec["flags"]) & flag("RESULT"):
             link = Ether(src=SWITCH_MAC, dst=mac) / IP(src=SWITCH_IP, dst=ip)
@@ -52,9 +55,10 @@ def to_scapy(packets: np.ndarray, times: np.ndarray | None = None,
     return frames
 
 
-def write_pcap(path: str, packets: np.ndarray, times: np.ndarray | None = None) -> None:
+def write_pcap(path: str, packets: np.ndarray, times: np.ndarray | None = None,
+               hosts: np.ndarray | None = None) -> None:
     """Write wire-format packets (structured array) to a pcap file."""
-    wrpcap(path, to_scapy(packets, times), nano=True)  # ns: frames are ns apart
+    wrpcap(path, to_scapy(packets, times, hosts=hosts), nano=True)  # ns: frames are ns apart
 
 
 def read_pcap(path: str, k: int) -> np.ndarray:
