@@ -371,10 +371,9 @@ class SumSwitch:
     def _use_fields(h: dict[str, np.ndarray], N: int) -> tuple[np.ndarray, np.ndarray]:
         """The step and packet_id fields (u32 on the wire) that key a packet's use
         (:func:`use_key`, formed in the kernel); a batch without them is one use."""
-        zeros = np.zeros(N, np.int64)
         fields = []
         for name in ("step", "packet_id"):
-            a = np.ascontiguousarray(h.get(name, zeros))
+            a = np.ascontiguousarray(h[name] if name in h else np.zeros(N, np.int64))
             if len(a) != N or not np.issubdtype(a.dtype, np.integer):
                 raise ValueError(f"batch field {name}: expected {N} integers, got "
                                  f"{a.dtype} × {len(a)}")
