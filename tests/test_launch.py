@@ -228,6 +228,28 @@ def test_launch_finishes_without_a_worker_killed_mid_run(tmp_path):
     assert not _leftovers()
 
 
+def test_launch_resumes_when_the_ps_is_killed_mid_run(tmp_path):
+    """kill -9 of rank 0 (the PS) after step 10: torchrun restarts the ranks, rank 0
+    resumes the unit from its checkpoint with every worker, each step is written once
+    and no worker is recorded as crashed."""
+
+    def kill_ps(proc):
+        ranks = [pid for pid in _children(proc.pid) if b"innet.launch" in _cmdline(pid)
+                 and b"torch.distributed.run" not in _cmdline(pid) and _rank_of(pid) == 0]
+        assert len(ranks) == 1
+        os.kill(ranks[0], signal.SIGKILL)
+
+    records = _launch_then(tmp_path, "kill_ps", "", kill_ps)
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert not any("crashed_worker" in r for r in records)
+    assert all(r["fallback_chunks"] == 0 for r in records[-10:])
+    procs = json.loads(next((tmp_path / "kill_ps" / "units").glob(
+        "*.processes.json")).read_text())
+    assert [f["rank"] for f in procs["failures"]] == [0] and procs["dead_workers"] == []
+    assert len(procs["ranks"]) == 4
+    assert not _leftovers()
+
+
 def test_a_worker_that_stalls_and_resumes_rejoins(tmp_path):
     """SIGSTOP of one worker rank for 3 s mid-run, then SIGCONT. Where the stall hits
     the streaming, the others give the step's chunks up to the PS fallback (counted)
