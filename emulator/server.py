@@ -13,9 +13,12 @@ packet's source address is its ingress port (worker i's address is port i), so a
 packet claiming worker i from another address is dropped as ``wrong_ingress_port``.
 
 Emulated links: per worker, an up and a down :class:`emulator.network.Link` (loss,
-Gilbert–Elliott, duplication, reordering), applied to each batch at ingress and to
-the answers at egress, seeded, so a run's emulated fate is reproducible; packets the
-kernel dropped for want of socket buffer are counted apart (``kernel_drops``).
+Gilbert–Elliott, duplication, reordering, delay), applied to each batch at ingress
+and to the answers at egress, seeded, so a run's emulated fate is reproducible. A link
+that delays holds a packet back for 1 … ``max_delay`` of its own batches (the packets
+it carries later) and delivers it first when due (``late_packets``; at most
+``HOLD_CAP`` held per link, more are lost as ``hold_full``). Packets the kernel dropped
+for want of socket buffer are counted apart (``kernel_drops``).
 
 Control channel: JSON datagrams on a second UDP socket, one request, one answer:
 ``{"op": "lease", "p", "k", "pool", "job", "workers": [[host, port], …], "up": {link
@@ -40,6 +43,7 @@ from innet.protocol.udp import BatchSocket, address_key
 
 F_RESULT, F_OVERFLOW, F_PHASE = flag("RESULT"), flag("OVERFLOW"), flag("PHASE")
 F_EDGES = flag("FIRST", "LAST")
+HOLD_CAP = 4096  #: packets one delaying link can hold back
 
 
 class Job:
@@ -55,14 +59,18 @@ class Job:
         self.order = np.argsort(self.keys)
         self.sorted = self.keys[self.order]
         up_model, down_model = LinkModel(**(up or {})), LinkModel(**(down or {}))
-        if up_model.delay or down_model.delay:
-            raise ValueError("the server's links do not delay packets (use the in-process "
-                             "engines for delay across rounds)")
         self.up = [Link(up_model, seed * 1_000_003 + 20_000 + i) for i in range(p)]
         self.down = [Link(down_model, seed * 1_000_003 + 21_000 + i) for i in range(p)]
         self.lossless = up_model.lossless and down_model.lossless
+        #: links that hold packets back for later batches (delay > 0): per direction
+        #: and link, the held wire packets and the link batch each is due in
+        self.delayed = up_model.delay > 0 or down_model.delay > 0
+        self.dtype = packet_dtype(k)
+        self.held = [[(np.zeros(0, self.dtype), np.zeros(0, np.int64)) for _ in range(p)]
+                     for _ in range(2)]
         self.counters = {"packets_in": 0, "emulated_lost_up": 0, "emulated_lost_down": 0,
                          "results_sent": 0, "batches": 0, "unknown_source": 0,
+                         "late_packets": 0, "hold_full": 0,
                          "first_batch_s": None, "last_batch_s": None}
 
     def ingress(self, keys: np.ndarray) -> np.ndarray:
@@ -85,6 +93,42 @@ class Job:
             rank.append(np.arange(len(got)))
         keep, rank = np.concatenate(keep), np.concatenate(rank)
         return keep[np.argsort(rank, kind="stable")]
+
+
+    def carry(self, direction: int, packets: np.ndarray, owner: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Wire packets through the links of ``direction`` (0 up, 1 down; owner[i] the
+        link of packet i, −1: none) when links delay: a link delivers its held packets
+        that are due, then what arrives now; those it delays are held for 1 … max_delay
+        of its batches (at most HOLD_CAP per link: more are lost, ``hold_full``).
+        Returns (what arrives, interleaved link by link; each one's link; packets lost)."""
+        links = self.up if direction == 0 else self.down
+        none = owner < 0
+        parts, owners, ranks = [packets[none]], [owner[none]], [np.arange(int(none.sum()))]
+        lost = 0
+        for w in range(self.p):
+            mine = np.flatnonzero(owner == w)
+            if len(mine) == 0:  # a link's batch is a batch of its own packets
+                continue
+            held, due = self.held[direction][w]
+            link = links[w]
+            ready = due <= link.batches
+            now, late, when = link.transmit_late(len(mine))
+            lost += len(mine) - len(np.unique(np.concatenate([now, late])))
+            keep = np.concatenate([held[~ready], packets[mine[late]]]).astype(self.dtype)
+            keep_due = np.concatenate([due[~ready], when])
+            if len(keep) > HOLD_CAP:
+                self.counters["hold_full"] += len(keep) - HOLD_CAP
+                keep, keep_due = keep[:HOLD_CAP], keep_due[:HOLD_CAP]
+            self.held[direction][w] = (keep, keep_due)
+            self.counters["late_packets"] += len(late)
+            got = np.concatenate([held[ready], packets[mine[now]]]).astype(self.dtype)
+            parts.append(got)
+            owners.append(np.full(len(got), w, owner.dtype))
+            ranks.append(np.arange(len(got)))
+        order = np.argsort(np.concatenate(ranks), kind="stable")
+        return (np.concatenate(parts).astype(self.dtype)[order],
+                np.concatenate(owners)[order], lost)
 
 
 class SwitchServer:
@@ -152,6 +196,9 @@ class SwitchServer:
         job.counters["batches"] += 1
         if job.lossless:  # (no emulated link: every frame arrives, in order)
             packets, port = frames, ingress
+        elif job.delayed:
+            packets, port, lost = job.carry(0, frames, ingress)
+            job.counters["emulated_lost_up"] += lost
         else:
             arrive = job.through(job.up, ingress)
             job.counters["emulated_lost_up"] += len(frames) - len(np.unique(arrive))
@@ -180,6 +227,13 @@ class SwitchServer:
                                  res.worker[~multi].astype(np.int64)])
         order = np.argsort(rows, kind="stable")  # in the order the switch answered
         rows, dest_w = rows[order], dest_w[order]
+        if job.delayed:
+            sent, to, lost = job.carry(1, out[rows], dest_w)
+            job.counters["emulated_lost_down"] += lost
+            job.counters["results_sent"] += self.data.send(sent, job.keys[to])
+            if self.capture_left > 0:
+                self._capture(sent, to)
+            return n
         if job.lossless:
             kept = slice(None)
         else:

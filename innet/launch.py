@@ -28,8 +28,7 @@ process of the failed rank holds no data, and the step is recorded as the crash 
 step to the PS fallback.
 
 Not in launch (yet): offload paths, the emulated crash and non-recovering links
-(``network.crash``, ``network.recovery = false``), delayed links, GPUs/NCCL; each is
-refused by name.
+(``network.crash``, ``network.recovery = false``), GPUs/NCCL; each is refused by name.
 """
 
 from __future__ import annotations
@@ -71,8 +70,6 @@ def check_launchable(s: Scenario) -> None:
                             "leave it unset")
     if not n.recovery:
         raise ScenarioError("network.recovery: innet launch needs recovery = true")
-    if n.delay:
-        raise ScenarioError("network.delay: the switch server's links do not delay packets")
     if n.links or n.lossy_workers or n.burst or n.failed_port:
         raise ScenarioError("network.links/lossy_workers/burst/failed_port: innet launch "
                             "applies one up and one down loss model to every link")
@@ -456,9 +453,10 @@ def _launch_classes():
             request(cls.control, {
                 "op": "lease", "p": len(workers), "k": n.k, "pool": n.pool_size, "job": 0,
                 "seed": s.seed, "workers": [cls.addresses[w] for w in workers],
-                "up": {"loss": n.up_loss, "duplicate": n.duplicate, "reorder": n.reorder},
+                "up": {"loss": n.up_loss, "duplicate": n.duplicate, "reorder": n.reorder,
+                       "delay": n.delay, "max_delay": n.max_delay},
                 "down": {"loss": n.down_loss, "duplicate": n.duplicate,
-                         "reorder": n.reorder}})
+                         "reorder": n.reorder, "delay": n.delay, "max_delay": n.max_delay}})
 
         def lease(self, live):  # the switch is the server process; the PS keeps its transport
             if self.path.via == "ps":

@@ -64,12 +64,14 @@ def _losses(folder: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("loss", [0.0, 0.05])
-def test_launch_trains_like_run(tmp_path, loss):
+@pytest.mark.parametrize("loss, delay", [(0.0, 0.0), (0.05, 0.0), (0.02, 0.2)])
+def test_launch_trains_like_run(tmp_path, loss, delay):
     """The same scenario through `innet launch` (3 worker ranks + PS + switch server,
     real UDP) and `innet run`: the switch path's and the PS path's train_loss agree at
-    every step; retransmissions are counted under loss; nothing is left running."""
-    flags = FLAGS + ["--set", f"network.up_loss={loss}", "--set", f"network.down_loss={loss}"]
+    every step; retransmissions are counted under loss (and late packets under delay,
+    up to 4 batches, on the server's links); nothing is left running."""
+    flags = FLAGS + ["--set", f"network.up_loss={loss}", "--set", f"network.down_loss={loss}",
+                     "--set", f"network.delay={delay}", "--set", "network.max_delay=4"]
     launched = _innet("launch", "scenarios/switch_loss.toml", "--out", str(tmp_path / "l"),
                       *flags)
     assert launched.returncode == 0, launched.stderr[-3000:]
@@ -87,6 +89,7 @@ def test_launch_trains_like_run(tmp_path, loss):
     assert set(summary) == {"mean", "switch:mean"}
     procs = json.loads(next((tmp_path / "l" / "units").glob("*.processes.json")).read_text())
     assert len(procs["ranks"]) == 4 and procs["ranks"][0]["role"] == "ps"
+    assert (procs["ranks"][0]["switch_server"]["job"]["late_packets"] > 0) == (delay > 0)
     assert procs["failures"] == [] and procs["attempts"] == 1  # no rank failed mid-run
     assert not _leftovers()
 

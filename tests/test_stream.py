@@ -96,13 +96,15 @@ def switch_server():
         proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("loss", [0.0, 0.05])
+@pytest.mark.parametrize("loss, delay", [(0.0, 0.0), (0.05, 0.0), (0.02, 0.2)])
 def test_udp_workers_in_processes_sum_bit_for_bit_like_the_in_process_engine(
-        switch_server, loss):
+        switch_server, loss, delay):
     """p = 3 worker processes stream real UDP packets to a switch server process (5 %
-    emulated loss on every link in one case): every worker's sum equals the compiled
-    in-process engine's bit for bit; losses are retransmitted and counted; the server
-    answers status and shuts down; no process is left behind."""
+    emulated loss on every link in one case; 2 % loss and 20 % of packets delayed by up
+    to 4 of their link's batches, across rounds and steps, in another): every worker's
+    sum equals the compiled in-process engine's bit for bit; losses are retransmitted
+    and counted, late packets counted; the server answers status and shuts down; no
+    process is left behind."""
     proc, info = switch_server
     p, k, pool, n, steps = 3, 16, 16, 3000, 4
     X = np.random.default_rng(7).normal(size=(steps, p, n)).astype(np.float32)
@@ -122,7 +124,8 @@ def test_udp_workers_in_processes_sum_bit_for_bit_like_the_in_process_engine(
         control = tuple(info["control"])
         request(control, {"op": "lease", "p": p, "k": k, "pool": pool, "seed": 3,
                           "workers": [addresses[i] for i in range(p)],
-                          "up": {"loss": loss}, "down": {"loss": loss}})
+                          "up": {"loss": loss, "delay": delay, "max_delay": 4},
+                          "down": {"loss": loss, "delay": delay, "max_delay": 4}})
         for box in inboxes:
             box.put("go")
         done = {}
@@ -146,6 +149,7 @@ def test_udp_workers_in_processes_sum_bit_for_bit_like_the_in_process_engine(
             assert job["emulated_lost_up"] > 0 and job["emulated_lost_down"] > 0
             assert sum(r for i in range(p) for _, _, r in done[i]) > 0
         assert job["drops"]["wrong_ingress_port"] == 0
+        assert (job["late_packets"] > 0) == (delay > 0)
         request(control, {"op": "shutdown"})
         assert proc.wait(timeout=10) == 0
     finally:
