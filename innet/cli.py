@@ -395,7 +395,7 @@ def _add_launch(sub) -> None:
 
 def cmd_launch(args) -> int:
     from innet import experiment
-    from innet.launch import launch
+    from innet.launch import Terminated, launch
 
     scenario = _scenario_from_args(args)
     if scenario.sweep:
@@ -408,6 +408,10 @@ def cmd_launch(args) -> int:
     except RuntimeError as err:
         print(f"innet launch: {err}", file=sys.stderr)
         return 1
+    except Terminated as err:  # SIGTERM / SIGHUP: every process it started is stopped
+        print("innet launch: stopped by a signal; the switch server and the ranks were "
+              "stopped; `--resume` continues the units not finished", file=sys.stderr)
+        return int(err.code or 1)
     return _print_run(summary, out, args, ", units/*.processes.json")
 
 

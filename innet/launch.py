@@ -34,6 +34,7 @@ Not in launch (yet): offload paths, the emulated crash and non-recovering links
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -90,6 +91,36 @@ def launch(scenario: Scenario, out: str, progress: bool = True, resume: bool = F
     check_launchable(scenario)
     experiment.load_data(scenario, torch.device("cpu"))  # fail early, write nothing
     folder = runs.usable_folder(Path(out))
+    with _terminable():
+        return _launch(scenario, folder, progress, resume, force, pcap, pcap_packets)
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP reached ``innet launch``: its processes were stopped."""
+
+
+@contextlib.contextmanager
+def _terminable():
+    """SIGTERM / SIGHUP unwind the launch like Ctrl-C, so that the switch server and
+    torchrun (in sessions of their own, out of the signal's reach) are stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Terminated(128 + signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _launch(scenario, folder, progress, resume, force, pcap, pcap_packets):
+    from innet import experiment
+
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     with runs.locked(folder):

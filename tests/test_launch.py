@@ -253,6 +253,55 @@ def test_launch_resumes_when_the_ps_is_killed_mid_run(tmp_path):
     assert not _leftovers()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_launch_stops_everything_and_resume_finishes(tmp_path):
+    """SIGTERM to `innet launch` mid-run: it stops the switch server, torchrun and
+    every rank (they live in sessions of their own, out of the signal's reach), exits
+    143 and says so; `innet launch --resume` continues the unit from its checkpoint and
+    writes each step once."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "term"\n[workers]\np = 3\nf = 0\n[training]\nsteps = 30\n'
+                        '[[paths]]\nrule = "mean"\nvia = "switch"\n')
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "innet", "launch", str(scenario), "--out", str(out),
+           "--no-report", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list((out / "units").glob("*.jsonl")) if (out / "units").exists() else []
+            if parts and len(parts[0].read_text().splitlines()) >= 8:
+                break
+            time.sleep(0.2)
+        started = _children(proc.pid)
+        assert len(started) >= 5  # the server, torchrun and its 4 ranks
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143 and "stopped by a signal" in stderr, stderr[-2000:]
+    assert not [pid for pid in started if _alive(pid)]
+    part = next((out / "units").glob("*.jsonl"))
+    before = part.read_text().splitlines()[:5]  # (their elapsed_s differ if run again)
+    resumed = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert part.read_text().splitlines()[:5] == before  # continued, not started again
+    assert not _leftovers()
+
+
 def test_a_worker_that_stalls_and_resumes_rejoins(tmp_path):
     """SIGSTOP of one worker rank for 3 s mid-run, then SIGCONT. Where the stall hits
     the streaming, the others give the step's chunks up to the PS fallback (counted)
