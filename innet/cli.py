@@ -397,6 +397,9 @@ def cmd_launch(args) -> int:
     from innet import experiment
     from innet.launch import Terminated, launch
 
+    if args.pcap_packets < 1:
+        raise config.ScenarioError(f"--pcap-packets: at least 1 datagram, got "
+                                   f"{args.pcap_packets}")
     scenario = _scenario_from_args(args)
     if scenario.sweep:
         raise config.ScenarioError("sweep: innet launch runs one scenario; use innet sweep")
@@ -452,9 +455,10 @@ def cmd_switch(args) -> int:
     from emulator.server import SwitchServer, request
 
     if args.switch_command == "serve":
-        if not (args.port == 0 or 1 <= args.port <= 65535) or args.k < 1 or args.batch < 1:
-            raise config.ScenarioError("switch serve: --port must be 0..65535, -k and --batch "
-                                       ">= 1")
+        if (not (args.port == 0 or 1 <= args.port <= 65535) or args.k < 1 or args.batch < 1
+                or args.pcap_packets < 1):
+            raise config.ScenarioError("switch serve: --port must be 0..65535, -k, --batch "
+                                       "and --pcap-packets >= 1")
         server = SwitchServer(args.host, args.port, args.control_port, args.k, args.batch,
                               capture=args.pcap_packets if args.pcap else 0)
         (h, d), (_, c) = server.address, server.control_address

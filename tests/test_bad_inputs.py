@@ -159,3 +159,17 @@ def test_tensorboard_export_or_a_clear_error(tmp_path, capsys):
     assert main(["report", str(out), "--tensorboard"]) == 0
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_launch_refuses_what_it_cannot_run_by_name(tmp_path, capsys):
+    """innet launch: an offload path, the emulated crash, a bad capture size — each a
+    one-line error naming the key, exit code 2, no run folder and no process started."""
+    out = tmp_path / "l"
+    base = ["launch", "scenarios/switch_loss.toml", "--out", str(out), "--no-progress"]
+    assert main([*base, "--set", 'paths=[{rule = "fa", via = "offload"}]']) == 2
+    _one_line_error(capsys, "paths[0].via", "offload")
+    assert main([*base, "--set", "network.crash=[1, 5]"]) == 2
+    _one_line_error(capsys, "network.crash")
+    assert main([*base, "--pcap", str(tmp_path / "x.pcap"), "--pcap-packets", "0"]) == 2
+    _one_line_error(capsys, "--pcap-packets")
+    assert not out.exists() and not (tmp_path / "x.pcap").exists()
