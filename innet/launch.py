@@ -155,6 +155,9 @@ def _launch(scenario, folder, progress, resume, force, pcap, pcap_packets):
 
 #: torchrun's log line for the first rank of a worker group that failed
 FAILED = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
+#: lines of a rank's stderr that say why it died (Python, C++, glibc, Numba)
+CAUSE = re.compile(r"Fatal Python error|terminate called|what\(\)|Terminating|Aborted"
+                   r"|double free|corrupted|Error:|Traceback")
 
 
 def _run_unit(scenario, unit, folder, data, control, env, progress, resume=False) -> None:
@@ -183,14 +186,19 @@ def _run_unit(scenario, unit, folder, data, control, env, progress, resume=False
     tick = time.monotonic()
 
     def read() -> None:
+        causes: list[str] = []  # what the ranks said before torchrun saw one fail
         for line in proc.stderr:
             lines.append(line)
             if progress:
                 sys.stderr.write(line)
+            if CAUSE.search(line):
+                causes = (causes + [line.strip()])[-6:]
             m = FAILED.search(line)
             if m:
                 failures.append({"rank": int(m[2]), "exitcode": int(m[1]),
-                                 "at_s": round(time.monotonic() - tick, 3)})
+                                 "at_s": round(time.monotonic() - tick, 3),
+                                 "said": causes})
+                causes = []
                 runs.write_json(failures_file, failures)
                 sys.stderr.write(f"innet launch: rank {m[2]} of unit {key} failed (exit code "
                                  f"{m[1]}); torchrun restarts the ranks\n")
@@ -213,8 +221,7 @@ def _run_unit(scenario, unit, folder, data, control, env, progress, resume=False
     if proc.returncode != 0:
         failed = [line for line in err.splitlines() if "rank" in line and ("exitcode" in line
                                                                             or "Error" in line)]
-        cause = [line for line in err.splitlines() if re.search(
-            r"Fatal Python error|terminate called|what\(\)|Error:|Traceback", line)]
+        cause = [line for line in err.splitlines() if CAUSE.search(line)]
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise RuntimeError(f"launch: unit {key} failed (torchrun exit {proc.returncode}); "
                            f"{failed[0].strip() if failed else ''}\n"
