@@ -62,9 +62,8 @@ class Job:
         self.up = [Link(up_model, seed * 1_000_003 + 20_000 + i) for i in range(p)]
         self.down = [Link(down_model, seed * 1_000_003 + 21_000 + i) for i in range(p)]
         self.lossless = up_model.lossless and down_model.lossless
-        #: links that hold packets back for later batches (delay > 0): per direction
-        #: and link, the held wire packets and the link batch each is due in
-        self.delayed = up_model.delay > 0 or down_model.delay > 0
+        #: what the links hold back for later batches (delay > 0): per direction and
+        #: link, the held wire packets and the link batch each is due in
         self.dtype = packet_dtype(k)
         self.held = [[(np.zeros(0, self.dtype), np.zeros(0, np.int64)) for _ in range(p)]
                      for _ in range(2)]
@@ -80,28 +79,14 @@ class Job:
         hit = self.sorted[pos] == keys
         return np.where(hit, self.order[pos], -1).astype(np.int32)
 
-    def through(self, links: list[Link], owner: np.ndarray) -> np.ndarray:
-        """Positions that survive the emulated links, owner[i] the link of item i
-        (−1: no link, passes), interleaved link by link in arrival order."""
-        if self.lossless:
-            return np.arange(len(owner))
-        keep, rank = [np.flatnonzero(owner < 0)], [np.arange((owner < 0).sum())]
-        for w in range(self.p):
-            mine = np.flatnonzero(owner == w)
-            got = mine[links[w].transmit(len(mine))]
-            keep.append(got)
-            rank.append(np.arange(len(got)))
-        keep, rank = np.concatenate(keep), np.concatenate(rank)
-        return keep[np.argsort(rank, kind="stable")]
-
-
     def carry(self, direction: int, packets: np.ndarray, owner: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Wire packets through the links of ``direction`` (0 up, 1 down; owner[i] the
-        link of packet i, −1: none) when links delay: a link delivers its held packets
-        that are due, then what arrives now; those it delays are held for 1 … max_delay
-        of its batches (at most HOLD_CAP per link: more are lost, ``hold_full``).
-        Returns (what arrives, interleaved link by link; each one's link; packets lost)."""
+        """Wire packets through the emulated links of ``direction`` (0 up, 1 down;
+        owner[i] the link of packet i, −1: none): a link delivers its held packets that
+        are due, then this batch's survivors; those it delays are held for 1 …
+        max_delay of its batches (at most HOLD_CAP per link: more are lost,
+        ``hold_full``). Returns (what arrives, interleaved link by link; each one's
+        link; packets lost)."""
         links = self.up if direction == 0 else self.down
         none = owner < 0
         parts, owners, ranks = [packets[none]], [owner[none]], [np.arange(int(none.sum()))]
@@ -196,13 +181,9 @@ class SwitchServer:
         job.counters["batches"] += 1
         if job.lossless:  # (no emulated link: every frame arrives, in order)
             packets, port = frames, ingress
-        elif job.delayed:
+        else:
             packets, port, lost = job.carry(0, frames, ingress)
             job.counters["emulated_lost_up"] += lost
-        else:
-            arrive = job.through(job.up, ingress)
-            job.counters["emulated_lost_up"] += len(frames) - len(np.unique(arrive))
-            packets, port = frames[arrive], ingress[arrive]
         job.counters["packets_in"] += len(packets)
         if self.capture_left > 0:
             self._capture(packets, port)
@@ -227,21 +208,16 @@ class SwitchServer:
                                  res.worker[~multi].astype(np.int64)])
         order = np.argsort(rows, kind="stable")  # in the order the switch answered
         rows, dest_w = rows[order], dest_w[order]
-        if job.delayed:
-            sent, to, lost = job.carry(1, out[rows], dest_w)
-            job.counters["emulated_lost_down"] += lost
-            job.counters["results_sent"] += self.data.send(sent, job.keys[to])
-            if self.capture_left > 0:
-                self._capture(sent, to)
-            return n
         if job.lossless:
-            kept = slice(None)
-        else:
-            kept = job.through(job.down, dest_w)
-            job.counters["emulated_lost_down"] += len(rows) - len(np.unique(kept))
-        job.counters["results_sent"] += self.data.send(out, job.keys[dest_w[kept]], rows[kept])
+            job.counters["results_sent"] += self.data.send(out, job.keys[dest_w], rows)
+            if self.capture_left > 0:
+                self._capture(out[rows], dest_w)
+            return n
+        sent, to, lost = job.carry(1, out[rows], dest_w)
+        job.counters["emulated_lost_down"] += lost
+        job.counters["results_sent"] += self.data.send(sent, job.keys[to])
         if self.capture_left > 0:
-            self._capture(out[rows[kept]], dest_w[kept])
+            self._capture(sent, to)
         return n
 
     def _capture(self, packets: np.ndarray, workers: np.ndarray) -> None:

@@ -365,7 +365,7 @@ def _ps_rank(scenario: Scenario, s: Scenario, args, plan: dict, group) -> None:
     aggregation_class, trainer_class = _launch_classes()
     aggregation_class.addresses = dict(zip(alive, addresses[1:]))
     aggregation_class.alive = alive
-    trainer_class.control = aggregation_class.control = _address(args.control)
+    aggregation_class.control = _address(args.control)
     trainer_class.plan, trainer_class.group = plan, group
     aggregation_class.lease_server(s, alive)
     dist.barrier(group=group)
@@ -576,7 +576,6 @@ def _launch_classes():
 
     class LaunchTrainer(experiment._Trainer):
         aggregation_class = LaunchAggregation
-        control: tuple[str, int] = ("127.0.0.1", 0)
         plan: dict[str, Any] = {}
         group = None  #: the process group of rank 0 and the live workers' ranks
 

@@ -87,7 +87,7 @@ def test_launch_trains_like_run(tmp_path, loss, delay):
         assert sum(r["retransmissions"] for r in switch) > 0
     summary = json.loads((tmp_path / "l" / "summary.json").read_text())
     assert set(summary) == {"mean", "switch:mean"}
-    procs = json.loads(next((tmp_path / "l" / "units").glob("*.processes.json")).read_text())
+    procs = _processes(tmp_path / "l")
     assert len(procs["ranks"]) == 4 and procs["ranks"][0]["role"] == "ps"
     assert (procs["ranks"][0]["switch_server"]["job"]["late_packets"] > 0) == (delay > 0)
     assert procs["failures"] == [] and procs["attempts"] == 1, procs["failures"]  # mid-run
@@ -201,19 +201,39 @@ def _rank_of(pid: int) -> int | None:
     return ranks[0] if ranks else None
 
 
+def _rank_pids(launch_pid: int) -> dict[int, int]:
+    """rank → pid of the torchrun ranks a launch started."""
+    out = {}
+    for pid in _children(launch_pid):
+        cmd = _cmdline(pid)
+        if b"innet.launch" in cmd and b"torch.distributed.run" not in cmd:
+            rank = _rank_of(pid)
+            if rank is not None:
+                out[rank] = pid
+    return out
+
+
+def _kill_rank(rank: int):
+    """The fault ``kill -9`` of one rank of the launch."""
+
+    def fault(proc):
+        pids = _rank_pids(proc.pid)
+        assert rank in pids, pids
+        os.kill(pids[rank], signal.SIGKILL)
+
+    return fault
+
+
+def _processes(folder: Path) -> dict:
+    return json.loads(next((folder / "units").glob("*.processes.json")).read_text())
+
+
 def test_launch_finishes_without_a_worker_killed_mid_run(tmp_path):
     """kill -9 of worker rank 2 (worker 1) once step 10 of 30 is written: torchrun
     restarts the ranks, the unit resumes from its last checkpoint without worker 1
     (the switch job re-leased for p − 1 = 2), the crash step is recorded, the switch
     serves every later step, the run finishes and nothing is left running."""
-
-    def kill_worker(proc):
-        ranks = [pid for pid in _children(proc.pid) if b"innet.launch" in _cmdline(pid)
-                 and b"torch.distributed.run" not in _cmdline(pid) and _rank_of(pid) == 2]
-        assert len(ranks) == 1
-        os.kill(ranks[0], signal.SIGKILL)
-
-    records = _launch_then(tmp_path, "kill_worker", "", kill_worker)
+    records = _launch_then(tmp_path, "kill_worker", "", _kill_rank(2))
     assert [r["step"] for r in records] == list(range(1, 31))  # each step once
     crashed = [r for r in records if "crashed_worker" in r]
     assert len(crashed) == 1 and crashed[0]["crashed_worker"] == 1
@@ -224,8 +244,7 @@ def test_launch_finishes_without_a_worker_killed_mid_run(tmp_path):
     summary = json.loads((tmp_path / "kill_worker" / "summary.json").read_text())
     network = summary["switch:mean"]["network"]
     assert network["crashed_workers"] == 1 and "fallback_chunks" in network
-    procs = json.loads(next((tmp_path / "kill_worker" / "units").glob(
-        "*.processes.json")).read_text())
+    procs = _processes(tmp_path / "kill_worker")
     assert procs["failures"][0]["rank"] == 2 and procs["failures"][0]["exitcode"] == -9
     assert procs["dead_workers"] == [1] and len(procs["ranks"]) == 3  # PS + 2 workers
     assert not _leftovers()
@@ -235,19 +254,11 @@ def test_launch_resumes_when_the_ps_is_killed_mid_run(tmp_path):
     """kill -9 of rank 0 (the PS) after step 10: torchrun restarts the ranks, rank 0
     resumes the unit from its checkpoint with every worker, each step is written once
     and no worker is recorded as crashed."""
-
-    def kill_ps(proc):
-        ranks = [pid for pid in _children(proc.pid) if b"innet.launch" in _cmdline(pid)
-                 and b"torch.distributed.run" not in _cmdline(pid) and _rank_of(pid) == 0]
-        assert len(ranks) == 1
-        os.kill(ranks[0], signal.SIGKILL)
-
-    records = _launch_then(tmp_path, "kill_ps", "", kill_ps)
+    records = _launch_then(tmp_path, "kill_ps", "", _kill_rank(0))
     assert [r["step"] for r in records] == list(range(1, 31))
     assert not any("crashed_worker" in r for r in records)
     assert all(r["fallback_chunks"] == 0 for r in records[-10:])
-    procs = json.loads(next((tmp_path / "kill_ps" / "units").glob(
-        "*.processes.json")).read_text())
+    procs = _processes(tmp_path / "kill_ps")
     assert [f["rank"] for f in procs["failures"]] == [0] and procs["dead_workers"] == []
     assert len(procs["ranks"]) == 4
     assert not _leftovers()
@@ -310,9 +321,7 @@ def test_a_worker_that_stalls_and_resumes_rejoins(tmp_path):
     last steps run through the switch again."""
 
     def stall_a_worker(proc):
-        ranks = [pid for pid in _children(proc.pid) if b"innet.launch" in _cmdline(pid)
-                 and b"torch.distributed.run" not in _cmdline(pid)]
-        worker = sorted(ranks)[-1]  # one of the worker ranks
+        worker = _rank_pids(proc.pid)[3]  # a worker rank
         os.kill(worker, signal.SIGSTOP)
         time.sleep(3)
         os.kill(worker, signal.SIGCONT)
