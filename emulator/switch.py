@@ -161,7 +161,8 @@ def _collect(kind_of, row_of, worker, slot, shadow, out_exp, out_ovf, out_values
         v[j] = shadow[i]
         exp[j] = out_exp[r]
         ovf[j] = out_ovf[r]
-        values[j] = out_values[r]
+        for x in range(values.shape[1]):  # (an explicit loop: a row assignment
+            values[j, x] = out_values[r, x]  # goes through a generic array copy)
     return o
 
 

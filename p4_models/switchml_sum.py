@@ -175,26 +175,17 @@ def sat_accumulate(regs, idx, source, r, k):
     """Processor.sat_accumulate: regs[idx] += source[r] lane by lane, clamped to int32;
     returns whether any lane clamped (OverflowFlag.sticky_or takes it).
 
-    The common case is an int32 add that cannot overflow (SwitchML's scaling keeps
-    honest sums in range), so the lanes are added wrapping in 32 bits — twice the SIMD
-    lanes of an int64 add and clamp — and a lane overflowed exactly when the sign bit
-    of (a ^ t) & (b ^ t) is set. Only then are the wrapped lanes clamped, from t and b
-    (a = t − b). Equal to the clamp of the int64 sum, lane by lane."""
+    Each lane's sum is formed in 64 bits and clamped, and the clip flag is the OR of
+    (sum XOR clamped), an integer reduction that LLVM vectorises: one branch-free loop.
+    (A wrapping int32 add with the sign-bit overflow test and a second clamping loop was
+    30 % faster with the packets in cache but half as fast streaming them from memory,
+    where the switch reads them: its longer loop body kept fewer loads in flight.)"""
     dst = regs[idx]
     src = source[r]
-    wrapped = np.int32(0)  # an int, not a bool: a bool reduction stops LLVM vectorising
+    clipped = np.int64(0)
     for j in range(k):
-        a = dst[j]
-        b = src[j]
-        t = np.int32(np.int64(a) + np.int64(b))
-        wrapped |= (a ^ t) & (b ^ t)
-        dst[j] = t
-    if wrapped >= 0:
-        return 0
-    for j in range(k):
-        t = dst[j]
-        b = src[j]
-        a = np.int32(np.int64(t) - np.int64(b))
-        if ((a ^ t) & (b ^ t)) < 0:
-            dst[j] = INT32_MAX if b > 0 else INT32_MIN
-    return 1
+        t = np.int64(dst[j]) + np.int64(src[j])
+        c = min(max(t, INT32_MIN), INT32_MAX)
+        clipped |= t ^ c
+        dst[j] = np.int32(c)
+    return 1 if clipped != 0 else 0
