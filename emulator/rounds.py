@@ -51,6 +51,29 @@ def _quantize_packet(X, w, base, fc, dst):
 
 
 @numba.njit(cache=True, inline="always")
+def _arrive(job_id, p, pool_size, k, port_of_worker, table, exp_cap, bitmap, use_reg,
+            counter, exp_reg, ovf_reg, regs, drops, step, mode, Q, X, first_chunk, f, e_next,
+            m, shadow, flags, scratch, q, w, c):
+    """Worker w's packet of chunk c of this window (sent this round) through the switch
+    program in lane q; returns the switch's (kind, register index)."""
+    use = use_key(step, first_chunk + c)  # the packet's step and packet_id
+    if mode == PAYLOAD_Q:  # read in place: Q is (p·m, k)
+        return switch_packet(
+            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
+            job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
+            port_of_worker[w], Q, w * m + c, bitmap, use_reg, counter,
+            exp_reg, ovf_reg, regs, drops, q)
+    if mode == PAYLOAD_X:  # the packet's k values, quantised now
+        _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
+    return switch_packet(
+        job_id, p, pool_size, k, port_of_worker, table, exp_cap,
+        job_id, w, shadow[c], c, flags, e_next[w, c],
+        0 if mode == PAYLOAD_ZERO else k, use,
+        port_of_worker[w], scratch, q, bitmap, use_reg, counter,
+        exp_reg, ovf_reg, regs, drops, q)
+
+
+@numba.njit(cache=True, inline="always")
 def _is_current(key, v, s, step, first_chunk, shadow, m):
     """Whether a result for slot s of use (key, set v) is one the workers of this window
     wait for: a worker checks the result's step, packet_id and shadow bit."""
@@ -94,6 +117,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
     late_down = np.zeros(p, np.int64)
     full = np.zeros(p, np.int64)
     n_want = np.zeros(p, np.int64)  # results each worker still waits for
+    in_order = np.zeros(p, np.bool_)  # per link: chunk t arrived as its t-th packet
     # per_link: chunk ids in arrival order, per up link (−h−1: held packet h);
     # out_kind / out_idx: the switch's answer to each of them; pend: per worker, the
     # chunks it may still want; mine: the records one down link carries; mark: which
@@ -119,6 +143,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
         for w in numba.prange(p):
             sent[w] = 0
             arrived[w] = 0
+            in_order[w] = not live[w]
             if live[w]:
                 n_w = 0
                 for i in range(n_pend[w]):  # the chunks still wanted, ascending
@@ -164,50 +189,51 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 else:
                     for j in range(got):
                         per_link[w, n_rel + j] = pend[w, j]
+                    in_order[w] = n_rel == 0 and n_w == m  # pend[w] is then 0 … m − 1
                 sent[w] = n_w
                 arrived[w] = n_rel + got
         longest = arrived.max()
-        # -- the switch, in slot lanes; the links interleave packet by packet
-        for q in numba.prange(n_lanes):
-            for t in range(longest):
-                for w in range(p):
-                    if t >= arrived[w]:
-                        continue
-                    c = per_link[w, t]
-                    if c < 0:  # a late packet, as it was sent rounds (or windows) ago
-                        h = -c - 1
-                        s_h = hu_slot[w, h]
-                        if ((s_h >> 6) & (n_lanes - 1)) != q:
+        if in_order.all():  # (the switch)
+            # every link delivers chunk t as its t-th packet, so each slot sees the
+            # workers in ascending order, as in the interleaving below; slots are
+            # independent, so a lane may take a block of 64 chunks worker by worker
+            # (each worker's data then read in order, not p rows at once)
+            for q in numba.prange(n_lanes):
+                for b0 in range(q * 64, m, 64 * n_lanes):
+                    for w in range(p):
+                        for c in range(b0, min(b0 + 64, arrived[w])):
+                            out_kind[w, c], out_idx[w, c] = _arrive(
+                                job_id, p, pool_size, k, port_of_worker, table, exp_cap,
+                                bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops,
+                                step, mode, Q, X, first_chunk, f, e_next, m, shadow,
+                                flags, scratch, q, w, c)
+        else:  # the switch, in slot lanes; the links interleave packet by packet
+            for q in numba.prange(n_lanes):
+                for t in range(longest):
+                    for w in range(p):
+                        if t >= arrived[w]:
                             continue
-                        kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, hu_shadow[w, h], s_h, hu_flags[w, h], hu_exp[w, h],
-                            0 if (hu_flags[w, h] & F_PHASE) != 0 else k, hu_use[w, h],
-                            port_of_worker[w], hu_values[w], h, bitmap,
-                            use_reg, counter, exp_reg, ovf_reg, regs, drops, q)
-                        out_kind[w, t] = kind
-                        out_idx[w, t] = idx
-                        continue
-                    if ((c >> 6) & (n_lanes - 1)) != q:
-                        continue
-                    use = use_key(step, first_chunk + c)  # the packet's step and packet_id
-                    if mode == PAYLOAD_Q:  # read in place: Q is (p·m, k)
-                        kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, shadow[c], c, flags, e_next[w, c], k, use,
-                            port_of_worker[w], Q, w * m + c, bitmap, use_reg, counter,
-                            exp_reg, ovf_reg, regs, drops, q)
-                    else:
-                        if mode == PAYLOAD_X:  # the packet's k values, quantised now
-                            _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
-                        kind, idx = switch_packet(
-                            job_id, p, pool_size, k, port_of_worker, table, exp_cap,
-                            job_id, w, shadow[c], c, flags, e_next[w, c],
-                            0 if mode == PAYLOAD_ZERO else k, use,
-                            port_of_worker[w], scratch, q, bitmap, use_reg, counter,
-                            exp_reg, ovf_reg, regs, drops, q)
-                    out_kind[w, t] = kind
-                    out_idx[w, t] = idx
+                        c = per_link[w, t]
+                        if c < 0:  # a late packet, as it was sent rounds (or windows) ago
+                            h = -c - 1
+                            s_h = hu_slot[w, h]
+                            if ((s_h >> 6) & (n_lanes - 1)) != q:
+                                continue
+                            kind, idx = switch_packet(
+                                job_id, p, pool_size, k, port_of_worker, table, exp_cap,
+                                job_id, w, hu_shadow[w, h], s_h, hu_flags[w, h], hu_exp[w, h],
+                                0 if (hu_flags[w, h] & F_PHASE) != 0 else k, hu_use[w, h],
+                                port_of_worker[w], hu_values[w], h, bitmap,
+                                use_reg, counter, exp_reg, ovf_reg, regs, drops, q)
+                            out_kind[w, t] = kind
+                            out_idx[w, t] = idx
+                            continue
+                        if ((c >> 6) & (n_lanes - 1)) != q:
+                            continue
+                        out_kind[w, t], out_idx[w, t] = _arrive(
+                            job_id, p, pool_size, k, port_of_worker, table, exp_cap, bitmap,
+                            use_reg, counter, exp_reg, ovf_reg, regs, drops, step, mode, Q, X,
+                            first_chunk, f, e_next, m, shadow, flags, scratch, q, w, c)
         n_rec = 0
         for t in range(longest):  # the result packets, in arrival order
             for w in range(p):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from emulator.network import Link, LinkModel
 from emulator.switch import DROP_REASONS, MULTICAST, UNICAST, SumSwitch
-from host.switch_allreduce import SwitchAllreduce
+from host.switch_allreduce import AllreduceStats, SwitchAllreduce
 from innet import aggregators
 from innet.aggregators.base import Cost
 from innet.protocol import encode, flag, packet_dtype
@@ -378,6 +378,44 @@ def test_wire_engine_gives_the_same_sums_as_the_compiled_engine(loss, p, k, n, p
     assert len(packets) > len(to_switch)  # the results
     assert stats.packets_up == sum(ln.sent for ln in wire.up)
 
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_lossless_round_adds_each_slot_in_worker_order_like_the_wire_engine(lanes):
+    """A lossless round takes a lane's block of chunks worker by worker; saturating
+    adds depend on the order, so each slot must still see workers 0, 1, … p − 1: the
+    clamped fold in that order (a slow reference), the wire engine's sums and overflow
+    flags, and the same counters."""
+    rng = np.random.default_rng(11)
+    p, k, m, pool = 5, 8, 200, 256  # four blocks of 64 slots (and a short one) on the lanes
+    Q = rng.integers(-1000, 1000, size=(p, m, k), dtype=np.int32)
+    hot = rng.random(m) < 0.5  # slots whose lanes go to the limits, in any order
+    Q[:, hot] = rng.choice(np.array([INT32_MAX, -INT32_MAX, 2**30, -(2**30), 7], np.int32),
+                           size=(p, int(hot.sum()), k))
+    e = rng.integers(-5, 5, size=(p, m), dtype=np.int32)
+    ref = Q[0].astype(np.int64)
+    for w in range(1, p):
+        ref = np.clip(ref + Q[w], -(2**31), INT32_MAX)
+    got = {}
+    for wire in (False, True):
+        ar, stats = SwitchAllreduce(p, k, pool, lanes=lanes, wire=wire), AllreduceStats()
+        sums, agreed, ovf, done = ar.reduce_window(Q, e, 0, stats)
+        assert done.all() and np.array_equal(sums, ref)
+        assert np.array_equal(agreed, e.max(axis=0))
+        assert np.array_equal(ovf, _clamped_on_the_way(Q)) and ovf.any() and not ovf.all()
+        got[wire] = (sums, ovf, stats.packets_up, stats.packets_down, stats.rounds)
+    assert all(np.array_equal(a, b) for a, b in zip(got[False], got[True]))
+
+def _clamped_on_the_way(Q: np.ndarray) -> np.ndarray:
+    """Per slot: whether a clamp happened while folding the workers in order."""
+    acc = Q[0].astype(np.int64)
+    hit = np.zeros(Q.shape[1], bool)
+    for w in range(1, Q.shape[0]):
+        t = acc + Q[w]
+        c = np.clip(t, -(2**31), INT32_MAX)
+        hit |= (t != c).any(axis=1)
+        acc = c
+    return hit
 
 def test_time_model_charges_serialisation_latency_and_timeouts():
     from emulator.timing import TimeModel
