@@ -23,7 +23,7 @@ import numpy as np
 from emulator.network import P_LOSSLESS, S_BATCHES, hold_into, transmit_into
 from emulator.switch import MULTICAST, switch_packet, use_key
 from innet.protocol import flag
-from innet.quant.block_float import quantize_value
+from innet.quant.block_float import chunk_exponent, quantize_value
 
 # counters the kernel keeps (stats vector)
 (ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS,
@@ -74,6 +74,13 @@ def _arrive(job_id, p, pool_size, k, port_of_worker, table, exp_cap, bitmap, use
 
 
 @numba.njit(cache=True, inline="always")
+def _exponents_of(Xbits, k, first, e_next, w):
+    """e_next[w, c] = the exponent of worker w's chunk first + c, for every c."""
+    for c in range(e_next.shape[1]):
+        e_next[w, c] = chunk_exponent(Xbits[w], (first + c) * k, k)
+
+
+@numba.njit(cache=True, inline="always")
 def _is_current(key, v, s, step, first_chunk, shadow, m):
     """Whether a result for slot s of use (key, set v) is one the workers of this window
     wait for: a worker checks the result's step, packet_id and shadow bit."""
@@ -83,7 +90,8 @@ def _is_current(key, v, s, step, first_chunk, shadow, m):
 @numba.njit(cache=True, parallel=True)
 def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
                    bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
-                   mode, Q, X, first_chunk, f, e_next, m, shadow, base_flags, live,
+                   mode, Q, X, Xbits, first_chunk, f, e_next, e_fill, m, shadow, base_flags,
+                   live,
                    max_retries, up_params, up_state, down_params, down_state,
                    result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
                    workspace, held):
@@ -136,6 +144,18 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
             for c in range(m):
                 if want[w, c]:
                     n_want[w] += 1
+    # e_fill: packet by packet in an in-order first round (only lossless up links can
+    # give one, and they hold nothing back that would need the exponent earlier)
+    filled = e_fill == 0
+    if not filled:
+        eager = False
+        for w in range(p):
+            if live[w] and up_params[w, P_LOSSLESS] == 0.0:
+                eager = True
+        if eager:
+            for w in numba.prange(p):
+                _exponents_of(Xbits, k, first_chunk + m, e_next, w)
+            filled = True
     rounds = 0
     for attempt in range(max_retries + 1):
         flags = base_flags | (F_RETRANSMIT if attempt > 0 else 0)
@@ -193,6 +213,10 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 sent[w] = n_w
                 arrived[w] = n_rel + got
         longest = arrived.max()
+        if not filled and not in_order.all():
+            for w in numba.prange(p):
+                _exponents_of(Xbits, k, first_chunk + m, e_next, w)
+            filled = True
         if in_order.all():  # (the switch)
             # every link delivers chunk t as its t-th packet, so each slot sees the
             # workers in ascending order, as in the interleaving below; slots are
@@ -202,6 +226,9 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 for b0 in range(q * 64, m, 64 * n_lanes):
                     for w in range(p):
                         for c in range(b0, min(b0 + 64, arrived[w])):
+                            if not filled:
+                                e_next[w, c] = chunk_exponent(
+                                    Xbits[w], (first_chunk + m + c) * k, k)
                             out_kind[w, c], out_idx[w, c] = _arrive(
                                 job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                                 bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops,
@@ -234,6 +261,11 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                             job_id, p, pool_size, k, port_of_worker, table, exp_cap, bitmap,
                             use_reg, counter, exp_reg, ovf_reg, regs, drops, step, mode, Q, X,
                             first_chunk, f, e_next, m, shadow, flags, scratch, q, w, c)
+        if not filled:  # every live worker sent all m packets: the rest stay silent
+            for w in numba.prange(p):
+                if not live[w]:
+                    _exponents_of(Xbits, k, first_chunk + m, e_next, w)
+            filled = True
         n_rec = 0
         for t in range(longest):  # the result packets, in arrival order
             for w in range(p):
@@ -267,14 +299,34 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
         # -- down: multicast results reach every port, unicasts their worker (a link
         # carries at most m multicasts and 2m unicasts: its worker's packets, duplicated)
         for w in numba.prange(p):
+            lost[w] = 0
+            dup[w] = 0
+            if live[w] and down_params[w, P_LOSSLESS] != 0.0 and (cap == 0 or hd_n[w] == 0):
+                # a lossless link delivers its records once each, in order, now (it
+                # holds nothing back): take them as they are sent (the general path
+                # below gives the same result through its arrival lists)
+                n_w = 0
+                for r in range(n_rec):
+                    if rec_kind[r] == MULTICAST or rec_dest[r] == w:
+                        n_w += 1
+                        s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
+                        if not _is_current(rec_key[r], rec_v[r], s, step, first_chunk,
+                                           shadow, m):
+                            stale[w] += 1
+                        elif want[w, s]:
+                            want[w, s] = False
+                            n_want[w] -= 1
+                        else:
+                            dup[w] += 1
+                down_sent[w] = n_w
+                transmit_into(down_params[w], down_state[w], n_w, dpos[w], dkeys[w])
+                continue
             n_w = 0
             for r in range(n_rec):
                 if rec_kind[r] == MULTICAST or rec_dest[r] == w:
                     mine[w, n_w] = r
                     n_w += 1
             down_sent[w] = n_w
-            lost[w] = 0
-            dup[w] = 0
             if not live[w]:
                 continue
             if cap > 0 and hd_n[w] > 0:  # late results due now arrive first

@@ -259,13 +259,17 @@ class SwitchAllreduce:
                   else np.zeros((1, k), np.int32))
             if mode != PAYLOAD_X:
                 X, f, out = np.zeros((1, 1), np.float32), np.zeros(m), np.zeros(0)
+                e_next = np.ascontiguousarray(e_next, dtype=np.int32)
+            # PAYLOAD_X: the workers take the exponents they propose (for chunks
+            # first_chunk + m …) from X as they send, into e_next
+            e_fill = 1 if mode == PAYLOAD_X else 0
             res = np.zeros((1, k), np.int32) if result is None else result
             rounds = window_kernel(
                 self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table,
                 np.int32(sw.exponent_cap), lanes,
                 sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
-                self.step, mode, Qa, X, first_chunk, f,
-                np.ascontiguousarray(e_next, dtype=np.int32), m, shadow, base_flags, live,
+                self.step, mode, Qa, X, X.view(np.int32), first_chunk, f, e_next, e_fill, m,
+                shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
                 res, out, exp, ovf, have, want, counts, log, self._workspace(m),
                 self._held_buffers())
@@ -443,7 +447,11 @@ class SwitchAllreduce:
             lo, hi = b * P, (b + 1) * P
             real = min(hi, C) - lo  # chunks of this window inside the vector
             f = scale_of(agreed, p)
-            e_next = chunk_exponents(X, k, hi, P)
+            compiled = self.tamper is None and self.guard is None and not self.wire
+            if compiled:  # the compiled workers take them as they fill their packets
+                e_next = np.empty((p, P), np.int32)
+            else:
+                e_next = chunk_exponents(X, k, hi, P)
             if self.tamper is not None or self.guard is not None:
                 # Byzantine integers, or a guard that reads them: materialise what is sent
                 Q = quantize_chunks(X, lo, f, k)
@@ -460,6 +468,7 @@ class SwitchAllreduce:
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats,
                                                          first_chunk=lo)
             else:  # compiled engine: quantised as sent, dequantised into out as received
+                # (and e_next filled with the exponents the packets carried)
                 result, next_e, ovf, done = self._window(PAYLOAD_X, None, e_next, P, stats,
                                                          X=X, first_chunk=lo, f=f, out=out)
             if result is not None:

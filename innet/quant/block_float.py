@@ -15,27 +15,34 @@ INT32_MAX = 2**31 - 1
 EXP_MIN, EXP_MAX = -126, 127  # the int8 header field, float32's normal range
 
 
+@numba.njit(cache=True, inline="always")
+def chunk_exponent(row, start, k):
+    """The exponent of the chunk of k values from ``start`` of one float32 row viewed
+    as int32: |x| orders like its bits with the sign cleared, so the peak is an
+    integer max (vectorises; NaN/Inf give the top exponent) and its exponent is read
+    from the bits: frexp(x)[1] = biased exponent − 126. A chunk past the end of the
+    row gets EXP_MIN. (The one definition: the bulk pass below and the compiled
+    workers of :func:`emulator.rounds.window_kernel` both call it.)"""
+    n = row.shape[0]
+    if start >= n:
+        return EXP_MIN
+    seg = row[start:min(start + k, n)]
+    peak = np.int32(0)  # int32, not int64: twice the SIMD lanes
+    for j in range(seg.shape[0]):
+        peak = max(seg[j] & np.int32(0x7FFFFFFF), peak)
+    e = (peak >> 23) - 126  # zero and subnormal peaks land at or below EXP_MIN
+    return min(max(e, EXP_MIN), EXP_MAX)
+
+
 @numba.njit(cache=True, parallel=True)
 def _chunk_exponents(bits, k, first_chunk, out):
-    """bits: the float32 rows viewed as int32; out[w, c] for chunk first_chunk + c.
-    |x| orders like its bits with the sign cleared, so the peak is an integer max
-    (vectorises; NaN/Inf give the top exponent) and its exponent is read from the
-    bits: frexp(x)[1] = biased exponent − 126. A chunk past the end gets EXP_MIN."""
-    p, n = bits.shape
+    """bits: the float32 rows viewed as int32; out[w, c] for chunk first_chunk + c."""
+    p = bits.shape[0]
     C = out.shape[1]
     for w in numba.prange(p):
         row = bits[w]
         for c in range(C):
-            start = (first_chunk + c) * k
-            if start >= n:
-                out[w, c] = EXP_MIN
-                continue
-            seg = row[start:min(start + k, n)]
-            peak = np.int32(0)  # int32, not int64: twice the SIMD lanes
-            for j in range(seg.shape[0]):
-                peak = max(seg[j] & np.int32(0x7FFFFFFF), peak)
-            e = (peak >> 23) - 126  # zero and subnormal peaks land at or below EXP_MIN
-            out[w, c] = min(max(e, EXP_MIN), EXP_MAX)
+            out[w, c] = chunk_exponent(row, (first_chunk + c) * k, k)
 
 
 def chunk_exponents(X: np.ndarray, k: int, first_chunk: int = 0,
