@@ -236,13 +236,14 @@ class Link:
         return out[:now].copy(), late[:n_late].copy(), due[:n_late].copy()
 
 
-def link_arrays(links: list[Link]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the parameter and state vectors of links for the compiled rounds. The
-    state array is a copy: write it back with :func:`store_states`."""
-    return (np.stack([link.params for link in links]),
-            np.stack([link.state for link in links]))
+def stack_links(links: list[Link]) -> tuple[np.ndarray, np.ndarray]:
+    """The parameter and state vectors of links stacked for the compiled rounds, once:
+    each link's own vectors become views of its rows, so what the kernel draws and
+    what the links' methods (or a crash) change are one state, with no copy per
+    window."""
+    params = np.stack([link.params for link in links])
+    state = np.stack([link.state for link in links])
+    for i, link in enumerate(links):
+        link.params, link.state = params[i], state[i]
+    return params, state
 
-
-def store_states(links: list[Link], states: np.ndarray) -> None:
-    for link, row in zip(links, states):
-        link.state[:] = row

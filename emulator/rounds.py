@@ -156,6 +156,8 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
             for w in numba.prange(p):
                 _exponents_of(Xbits, k, first_chunk + m, e_next, w)
             filled = True
+    n_blocks = 8 * n_lanes  # of arrival slots, when the result packets are gathered
+    block_recs = np.zeros(n_blocks + 1, np.int64)
     rounds = 0
     for attempt in range(max_retries + 1):
         flags = base_flags | (F_RETRANSMIT if attempt > 0 else 0)
@@ -266,21 +268,34 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 if not live[w]:
                     _exponents_of(Xbits, k, first_chunk + m, e_next, w)
             filled = True
-        n_rec = 0
-        for t in range(longest):  # the result packets, in arrival order
-            for w in range(p):
-                if t < arrived[w] and out_kind[w, t] > 0:
-                    rec_kind[n_rec] = out_kind[w, t]
-                    rec_idx[n_rec] = out_idx[w, t]
-                    rec_dest[n_rec] = w
-                    c = per_link[w, t]
-                    if c >= 0:  # the use the answered packet belonged to
-                        rec_key[n_rec] = use_key(step, first_chunk + c)
-                        rec_v[n_rec] = shadow[c]
-                    else:
-                        rec_key[n_rec] = hu_use[w, -c - 1]
-                        rec_v[n_rec] = hu_shadow[w, -c - 1]
-                    n_rec += 1
+        # the result packets, in arrival order: counted per block of arrival slots,
+        # then written from each block's offset (blocks in parallel)
+        span = -(-longest // n_blocks)
+        for b in numba.prange(n_blocks):
+            block_recs[b + 1] = 0
+            for t in range(b * span, min((b + 1) * span, longest)):
+                for w in range(p):
+                    if t < arrived[w] and out_kind[w, t] > 0:
+                        block_recs[b + 1] += 1
+        for b in range(n_blocks):
+            block_recs[b + 1] += block_recs[b]
+        n_rec = block_recs[n_blocks]
+        for b in numba.prange(n_blocks):
+            r = block_recs[b]
+            for t in range(b * span, min((b + 1) * span, longest)):
+                for w in range(p):
+                    if t < arrived[w] and out_kind[w, t] > 0:
+                        rec_kind[r] = out_kind[w, t]
+                        rec_idx[r] = out_idx[w, t]
+                        rec_dest[r] = w
+                        c = per_link[w, t]
+                        if c >= 0:  # the use the answered packet belonged to
+                            rec_key[r] = use_key(step, first_chunk + c)
+                            rec_v[r] = shadow[c]
+                        else:
+                            rec_key[r] = hu_use[w, -c - 1]
+                            rec_v[r] = hu_shadow[w, -c - 1]
+                        r += 1
         if cap > 0:  # forget the held packets that were delivered
             for w in numba.prange(p):
                 kept = 0

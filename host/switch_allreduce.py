@@ -62,8 +62,7 @@ from emulator.network import (
     P_LOSSLESS,
     Link,
     LinkModel,
-    link_arrays,
-    store_states,
+    stack_links,
 )
 from emulator.rounds import (
     DUPLICATE_RESULTS,
@@ -186,6 +185,7 @@ class SwitchAllreduce:
             return [Link(m, seed * 1_000_003 + offset + i) for i, m in enumerate(models)]
 
         self.up, self.down = links(up, 0), links(down, 1000)
+        self._up_arrays, self._down_arrays = stack_links(self.up), stack_links(self.down)
         #: workers whose packets never reach the switch (the PS fallback still gets
         #: their rows, as ATP's does)
         self.silent: set[int] = set()
@@ -249,8 +249,8 @@ class SwitchAllreduce:
             self._wire_window(mode, Q, e_next, m, first_chunk, shadow, base_flags, live,
                               result, exp, ovf, have, want, stats)
         else:
-            up_params, up_state = link_arrays(self.up)
-            down_params, down_state = link_arrays(self.down)
+            up_params, up_state = self._up_arrays
+            down_params, down_state = self._down_arrays
             counts = np.zeros(N_COUNTS, np.int64)
             log = np.zeros((self.max_retries + 1, 6), np.int64)
             lanes = min(sw.lanes, default_lanes())
@@ -273,8 +273,6 @@ class SwitchAllreduce:
                 self.max_retries, up_params, up_state, down_params, down_state,
                 res, out, exp, ovf, have, want, counts, log, self._workspace(m),
                 self._held_buffers())
-            store_states(self.up, up_state)
-            store_states(self.down, down_state)
             sw.drops += drops.sum(axis=0)
             sw.packets_in += int(log[:rounds, LOG_UP].sum())
             stats.add_counts(counts)
