@@ -25,8 +25,10 @@ Two engines run the same protocol:
   reassembly. A worker quantises a packet's values when it sends it (a retransmission
   quantises again: same integers), and a reassembled chunk is dequantised straight
   into the output, so no window-sized int32 buffer is written and read back; the
-  exponents a window's packets carry for the next window are taken just before the
-  window is sent, so that data is read again one window later, from cache. Result
+  exponent a packet proposes for its slot's next use is taken from X as the worker
+  fills the packet (in an in-order round, in the slot lanes beside the switch's
+  work, so the read of the next window's data overlaps it rather than being a pass
+  of its own). Result
   packets refer to their slot's registers rather than copying them: a slot's
   registers cannot change once it completes within its window (every later packet
   to it is a retransmission, answered by unicast), so the values are the same.
@@ -98,6 +100,13 @@ F_EDGES = flag("FIRST", "LAST")
 MAX_RETRIES = 10_000  # timeouts per window; far past any loss a run survives
 MAX_POOL = 1 << header.part_bits("slot")  # slots per shadow set the slot field can name
 MAX_JOB = (1 << header.part_bits("job")) - 1  # the largest job id the header holds
+
+
+def _agreed(done: np.ndarray, returned: np.ndarray, proposed: np.ndarray) -> np.ndarray:
+    """The next window's exponents: what the switch returned for the slots that
+    completed, the max of the workers' proposals (p, m) for the others (the PS
+    fallback then knows them, as the workers do)."""
+    return returned if done.all() else np.where(done, returned, proposed.max(axis=0))
 
 
 @dataclass
@@ -277,8 +286,11 @@ class SwitchAllreduce:
             sw.packets_in += int(log[:rounds, LOG_UP].sum())
             stats.add_counts(counts)
             stats.round_log.extend(tuple(int(x) for x in row) for row in log[:rounds])
-        waiting = np.array([w not in self.silent and w not in self.dead for w in range(p)])
-        done = ~want[waiting].any(axis=0) & have
+        if self.silent or self.dead:
+            waiting = [w for w in range(p) if w not in self.silent and w not in self.dead]
+            done = ~want[waiting].any(axis=0) & have
+        else:
+            done = ~want.any(axis=0) & have
         if not done.all():  # control plane: free the stuck slots before the set is reused
             stuck = np.flatnonzero(~done)
             sw.clear_slots(stuck)
@@ -432,15 +444,15 @@ class SwitchAllreduce:
         drops_before = self.switch.drops.copy()
         P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
         windows = -(-C // P)
-        # each window's packets carry the workers' exponents for the next window, taken
-        # just before it is sent (as a SwitchML worker does): the data is read again
-        # one window later, from cache, instead of after a pass over the whole vector
+        # each window's packets carry the workers' exponents for the next window (the
+        # compiled workers take them as they fill the packets; see _window); window 0's
+        # come first, agreed in the preamble
         e_next = chunk_exponents(X, k, 0, P)
         # preamble: agree on window 0's exponents (header-only packets, PHASE flag)
         before = stats.packets_up + stats.packets_down
         _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_next, P, stats)
         stats.header_only_packets += stats.packets_up + stats.packets_down - before
-        agreed = np.where(done, agreed, e_next.max(axis=0))
+        agreed = _agreed(done, agreed, e_next)
         for b in range(windows):
             lo, hi = b * P, (b + 1) * P
             real = min(hi, C) - lo  # chunks of this window inside the vector
@@ -480,7 +492,7 @@ class SwitchAllreduce:
             stats.fallback_chunks["overflow"] += int((ovf & done)[:real].sum())
             stats.fallback_chunks["silent_worker"] += int((~done)[:real].sum())
             fallback[lo:lo + real] = (ovf | ~done)[:real]
-            agreed = np.where(done, next_e, e_next.max(axis=0))
+            agreed = _agreed(done, next_e, e_next)
         if fallback.any():  # ATP-like: the PS sums the affected chunks in float
             cols = (np.flatnonzero(fallback)[:, None] * k + np.arange(k)).reshape(-1)
             cols = cols[cols < n]

@@ -98,6 +98,35 @@ def test_saturating_add_equals_the_clamped_fold_lane_by_lane(rows):
     assert bool(r.overflow[0]) == clamped
 
 
+
+@pytest.mark.parametrize("k", [16, 37, 64])
+def test_saturating_add_in_vector_lanes_equals_the_clamped_fold(k):
+    """The same at packet widths the compiled add runs in vector registers (with a
+    remainder at 37): 400 slots of 6 contributions mixing the int32 extremes with
+    uniform values (a third of the slots small values only), in one batch."""
+    rng = np.random.default_rng(k)
+    p, slots = 6, 400
+    extremes = np.array([-(2**31), -(2**31) + 1, -1, 0, 1, 2**30, 2**31 - 2, 2**31 - 1])
+    vals = np.where(rng.random((p, slots, k)) < 0.5,
+                    rng.choice(extremes, size=(p, slots, k)),
+                    rng.integers(-(2**31), 2**31, size=(p, slots, k)))
+    quiet = rng.random(slots) < 0.3  # slots that never reach the bounds
+    vals[:, quiet] = rng.integers(-(2**20), 2**20, size=(p, int(quiet.sum()), k))
+    expected, clamped = vals[0].copy(), np.zeros(slots, bool)
+    for row in vals[1:]:
+        total = expected + row
+        clamped |= ((total > INT32_MAX) | (total < -(2**31))).any(axis=1)
+        expected = np.clip(total, -(2**31), INT32_MAX)
+    sw = SumSwitch(p=p, k=k, pool_size=slots)
+    worker = np.tile(np.arange(p), slots)  # slot by slot, workers in order
+    slot = np.repeat(np.arange(slots), p)
+    h = header(p * slots, worker=worker, slot=slot)
+    r = sw.process(encode(h, vals.transpose(1, 0, 2).reshape(-1, k).astype(np.int32)),
+                   worker)
+    assert (r.kind == MULTICAST).all() and np.array_equal(r.slot, np.arange(slots))
+    assert np.array_equal(r.values, expected)
+    assert np.array_equal(r.overflow != 0, clamped) and clamped.any() and not clamped.all()
+
 def test_byzantine_integers_go_to_the_fallback():
     rng = np.random.default_rng(1)
     p, n, k = 5, 4096, 64
