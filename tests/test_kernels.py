@@ -2,6 +2,10 @@
 fused centered clipping) against the torch formulas they replace and the slow
 references: bit for bit for order statistics, within float rounding for means."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import references as ref
@@ -242,3 +246,58 @@ def test_aggregators_benchmark_prints_the_ratios(tmp_path):
     assert figures["worst_coordinatewise_vs_numpy_sum"] == max(
         figures[f"{n}_vs_numpy_sum"] for n in ("median", "trimmed_mean", "meamed", "phocas"))
     assert list(tmp_path.iterdir()) == []  # writes nothing
+
+
+# -- the kernel cache ----------------------------------------------------------------
+_STAGE = '''import numba
+
+
+@numba.njit(cache=True, inline="always")
+def stage(x):
+    return x + {step}
+'''
+_KERNEL = '''import numba
+
+from pk.stage import stage
+
+
+@numba.njit(cache=True)
+def kernel(x):
+    return stage(x)
+'''
+_RUN = '''import sys
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "keyed":
+    from innet.kernel_cache import install
+    assert install(sys.argv[1], ("pk",))
+import pk.kernel
+print(pk.kernel.kernel(1))
+'''
+
+
+def _cached_kernel_answers(tmp_path, mode: str) -> list[int]:
+    """A cached kernel inlining a stage from another file: run it in a fresh process,
+    change the stage's file only, run it again."""
+    root = tmp_path / mode
+    (root / "pk").mkdir(parents=True)
+    (root / "pk" / "__init__.py").write_text("")
+    (root / "pk" / "kernel.py").write_text(_KERNEL)
+    stage = root / "pk" / "stage.py"
+    answers = []
+    for step in (1, 10):
+        stage.write_text(_STAGE.format(step=step))
+        os.utime(stage, ns=(step * 10**18, step * 10**18))  # a later mtime, whatever the clock
+        run = subprocess.run([sys.executable, "-c", _RUN, str(root), mode], capture_output=True,
+                             text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)),
+                             env={**os.environ, "NUMBA_CACHE_DIR": ""})
+        assert run.returncode == 0, run.stderr
+        answers.append(int(run.stdout.split()[-1]))
+    return answers
+
+
+def test_cached_kernels_recompile_when_a_kernel_source_they_inline_changes(tmp_path):
+    """Numba alone keys a cached kernel on its own file, so it keeps the old stage (the
+    hazard: tests passing against code that no longer exists); keyed on every kernel
+    source of the package (innet.kernel_cache), it recompiles."""
+    assert _cached_kernel_answers(tmp_path, "plain") == [2, 2]  # stale, as Numba does
+    assert _cached_kernel_answers(tmp_path, "keyed") == [2, 11]
