@@ -95,7 +95,7 @@ def _is_current(key, v, s, step, first_chunk, shadow, m):
 @numba.njit(cache=True, parallel=True)
 def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
                    bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
-                   mode, Q, X, Xbits, first_chunk, f, e_next, e_fill, m, shadow, base_flags,
+                   mode, Q, X, Xbits, first_chunk, f, e_next, e_from, m, shadow, base_flags,
                    live,
                    max_retries, up_params, up_state, down_params, down_state,
                    result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
@@ -113,6 +113,14 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
     ``workspace`` (:func:`window_workspace`) holds the per-round arrays, allocated once
     per engine: fresh ones every window cost page faults on ~10 MB (huge pages zeroed
     whole), more than the rounds' own work.
+
+    ``e_next[w, c]`` is the exponent worker w's packet for slot c proposes (for the
+    slot's next use). With ``e_from`` >= 0 the workers take it from X (``Xbits``, its
+    float32 rows viewed as int32): that of their chunk e_from + c
+    (:func:`innet.quant.block_float.chunk_exponent`), as a SwitchML worker does when
+    it fills the packet — in an in-order first round packet by packet in the slot
+    lanes, so the read of that data overlaps the switch's work instead of being a
+    pass of its own; otherwise all of them before the first packet needs one.
 
     ``held`` (:func:`hold_buffers`) are the packets the links hold back
     (:func:`emulator.network.hold_into`), kept across windows and steps: up packets
@@ -149,9 +157,9 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
             for c in range(m):
                 if want[w, c]:
                     n_want[w] += 1
-    # e_fill: packet by packet in an in-order first round (only lossless up links can
+    # e_from >= 0: packet by packet in an in-order first round (only lossless up links can
     # give one, and they hold nothing back that would need the exponent earlier)
-    filled = e_fill == 0
+    filled = e_from < 0
     if not filled:
         eager = False
         for w in range(p):
@@ -159,7 +167,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 eager = True
         if eager:
             for w in numba.prange(p):
-                _exponents_of(Xbits, k, first_chunk + m, e_next, w)
+                _exponents_of(Xbits, k, e_from, e_next, w)
             filled = True
     n_blocks = 8 * n_lanes  # of arrival slots, when the result packets are gathered
     block_recs = np.zeros(n_blocks + 1, np.int64)
@@ -222,7 +230,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
         longest = arrived.max()
         if not filled and not in_order.all():
             for w in numba.prange(p):
-                _exponents_of(Xbits, k, first_chunk + m, e_next, w)
+                _exponents_of(Xbits, k, e_from, e_next, w)
             filled = True
         if in_order.all():  # (the switch)
             # every link delivers chunk t as its t-th packet, so each slot sees the
@@ -237,7 +245,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                         for c in range(b0, min(b0 + group, arrived[w])):
                             if not filled:
                                 e_next[w, c] = chunk_exponent(
-                                    Xbits[w], (first_chunk + m + c) * k, k)
+                                    Xbits[w], (e_from + c) * k, k)
                             out_kind[w, c], out_idx[w, c] = _arrive(
                                 job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                                 bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops,
@@ -273,7 +281,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
         if not filled:  # every live worker sent all m packets: the rest stay silent
             for w in numba.prange(p):
                 if not live[w]:
-                    _exponents_of(Xbits, k, first_chunk + m, e_next, w)
+                    _exponents_of(Xbits, k, e_from, e_next, w)
             filled = True
         # the result packets, in arrival order: counted per block of arrival slots,
         # then written from each block's offset (blocks in parallel)

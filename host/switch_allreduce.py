@@ -237,12 +237,16 @@ class SwitchAllreduce:
         self.dead.add(worker)
 
     # -- one window of chunks ----------------------------------------------------------
-    def _window(self, mode, Q, e_next, m, stats, X=None, first_chunk=0, f=None, out=None):
+    def _window(self, mode, Q, e_next, m, stats, X=None, first_chunk=0, f=None, out=None,
+                propose_from=None):
         """Run rounds until every live worker has every result of the window, or until
         the retries run out. Returns (values (m, k), exponent, overflow, done). With
         mode PAYLOAD_X (compiled engine only) the packets are quantised from X (chunks
         first_chunk…, scales f) as they are sent, and the reassembled chunks are
-        written dequantised to ``out`` (n,) float64 instead of returned (values None)."""
+        written dequantised to ``out`` (n,) float64 instead of returned (values None).
+        With ``propose_from`` (compiled engine) the workers take the exponents their
+        packets propose from X as they send (those of chunks propose_from …) and
+        write them to ``e_next``."""
         p, k, sw = self.p, self.k, self.switch
         preamble = mode == PAYLOAD_ZERO
         shadow = self._set[:m].copy()  # this use of each slot
@@ -267,17 +271,18 @@ class SwitchAllreduce:
             Qa = (np.ascontiguousarray(Q, dtype=np.int32).reshape(-1, k) if mode == PAYLOAD_Q
                   else np.zeros((1, k), np.int32))
             if mode != PAYLOAD_X:
-                X, f, out = np.zeros((1, 1), np.float32), np.zeros(m), np.zeros(0)
+                f, out = np.zeros(m), np.zeros(0)
+                if X is None:
+                    X = np.zeros((1, 1), np.float32)
+            if propose_from is None:
                 e_next = np.ascontiguousarray(e_next, dtype=np.int32)
-            # PAYLOAD_X: the workers take the exponents they propose (for chunks
-            # first_chunk + m …) from X as they send, into e_next
-            e_fill = 1 if mode == PAYLOAD_X else 0
             res = np.zeros((1, k), np.int32) if result is None else result
             rounds = window_kernel(
                 self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table,
                 np.int32(sw.exponent_cap), lanes,
                 sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
-                self.step, mode, Qa, X, X.view(np.int32), first_chunk, f, e_next, e_fill, m,
+                self.step, mode, Qa, X, X.view(np.int32), first_chunk, f, e_next,
+                -1 if propose_from is None else propose_from, m,
                 shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
                 res, out, exp, ovf, have, want, counts, log, self._workspace(m),
@@ -444,24 +449,27 @@ class SwitchAllreduce:
         drops_before = self.switch.drops.copy()
         P = min(self.pool_size, C)  # chunks per window: a short vector uses fewer slots
         windows = -(-C // P)
-        # each window's packets carry the workers' exponents for the next window (the
-        # compiled workers take them as they fill the packets; see _window); window 0's
-        # come first, agreed in the preamble
-        e_next = chunk_exponents(X, k, 0, P)
-        # preamble: agree on window 0's exponents (header-only packets, PHASE flag)
+        # each window's packets carry the workers' exponents for the next window; the
+        # compiled workers take them from X as they fill the packets (see _window), the
+        # wire engine's are taken before the window. Window 0's come first, agreed in
+        # the preamble (header-only packets, PHASE flag)
+        compiled = not self.wire
+
+        def proposals(first: int) -> tuple[np.ndarray, dict]:
+            if compiled:
+                return np.empty((p, P), np.int32), {"X": X, "propose_from": first}
+            return chunk_exponents(X, k, first, P), {}
+
+        e_next, propose = proposals(0)
         before = stats.packets_up + stats.packets_down
-        _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_next, P, stats)
+        _, agreed, _, done = self._window(PAYLOAD_ZERO, None, e_next, P, stats, **propose)
         stats.header_only_packets += stats.packets_up + stats.packets_down - before
         agreed = _agreed(done, agreed, e_next)
         for b in range(windows):
             lo, hi = b * P, (b + 1) * P
             real = min(hi, C) - lo  # chunks of this window inside the vector
             f = scale_of(agreed, p)
-            compiled = self.tamper is None and self.guard is None and not self.wire
-            if compiled:  # the compiled workers take them as they fill their packets
-                e_next = np.empty((p, P), np.int32)
-            else:
-                e_next = chunk_exponents(X, k, hi, P)
+            e_next, propose = proposals(hi)
             if self.tamper is not None or self.guard is not None:
                 # Byzantine integers, or a guard that reads them: materialise what is sent
                 Q = quantize_chunks(X, lo, f, k)
@@ -470,7 +478,7 @@ class SwitchAllreduce:
                 if self.guard is not None:
                     Q = self.guard(Q, lo, agreed)
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats,
-                                                         first_chunk=lo)
+                                                         first_chunk=lo, **propose)
             elif self.wire:  # the wire engine encodes a send buffer, reused window after window
                 if self._send is None or self._send.shape != (p, P, k):
                     self._send = np.empty((p, P, k), np.int32)
@@ -478,9 +486,9 @@ class SwitchAllreduce:
                 result, next_e, ovf, done = self._window(PAYLOAD_Q, Q, e_next, P, stats,
                                                          first_chunk=lo)
             else:  # compiled engine: quantised as sent, dequantised into out as received
-                # (and e_next filled with the exponents the packets carried)
                 result, next_e, ovf, done = self._window(PAYLOAD_X, None, e_next, P, stats,
-                                                         X=X, first_chunk=lo, f=f, out=out)
+                                                         first_chunk=lo, f=f, out=out,
+                                                         **propose)
             if result is not None:
                 full = min(real, n // k - lo)  # whole chunks; the vector's tail chunk apart
                 if full > 0:

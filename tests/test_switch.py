@@ -410,14 +410,16 @@ def test_wire_engine_gives_the_same_sums_as_the_compiled_engine(loss, p, k, n, p
 
 
 
-@pytest.mark.parametrize("loss,silent,dead", [(0.0, None, None), (0.1, None, None),
-                                              (0.0, 1, None), (0.0, None, 2)])
-def test_compiled_workers_propose_the_next_windows_exponents(loss, silent, dead,
+@pytest.mark.parametrize("loss,silent,dead,tamper", [
+    (0.0, None, None, False), (0.1, None, None, False), (0.0, 1, None, False),
+    (0.0, None, 2, False), (0.0, None, None, True)])
+def test_compiled_workers_propose_the_next_windows_exponents(loss, silent, dead, tamper,
                                                             monkeypatch):
     """The compiled workers take the exponents their packets propose from X as they
-    send (packet by packet in an in-order round, all at once otherwise): every window,
-    every worker's row — a silent or crashed one's too — equals the bulk pass over the
-    next window's chunks, the vector's tail and the chunks past its end included."""
+    send (packet by packet in an in-order round, all at once otherwise): in the
+    preamble and every window, every worker's row — a silent or crashed one's too —
+    equals the bulk pass over the chunks proposed for, the vector's tail and the
+    chunks past its end included."""
     rng = np.random.default_rng(8)
     p, k, n, pool = 4, 16, 3000, 32  # 6 windows, a short tail chunk
     X = (rng.normal(size=(p, n)) * 2.0 ** rng.integers(-30, 30, size=(p, n // k + 1)
@@ -429,19 +431,21 @@ def test_compiled_workers_propose_the_next_windows_exponents(loss, silent, dead,
         ar.silent.add(silent)
     if dead is not None:
         ar.crash(dead, after_rounds=20)  # dies during the third window
+    if tamper:  # the packets' integers materialised first (PAYLOAD_Q), left as they are
+        ar.tamper = lambda Q, window: Q
     seen, run_window = [], ar._window
 
     def spy(mode, Q, e_next, m, stats, **kw):
         answer = run_window(mode, Q, e_next, m, stats, **kw)
-        if kw.get("X") is not None:
-            seen.append((kw["first_chunk"], m, e_next.copy()))
+        seen.append((kw.get("propose_from"), m, e_next.copy()))
         return answer
 
     monkeypatch.setattr(ar, "_window", spy)
     ar.allreduce(X)
-    assert [first for first, _, _ in seen] == list(range(0, -(-n // k), pool))
+    # the preamble proposes window 0's exponents, window b those of window b + 1
+    assert [first for first, _, _ in seen] == list(range(0, -(-n // k) + pool, pool))
     for first, m, e_next in seen:
-        assert np.array_equal(e_next, chunk_exponents(X, k, first + m, m))
+        assert np.array_equal(e_next, chunk_exponents(X, k, first, m))
 
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_a_lossless_round_adds_each_slot_in_worker_order_like_the_wire_engine(lanes):
