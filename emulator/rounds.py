@@ -180,13 +180,15 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
             arrived[w] = 0
             in_order[w] = not live[w]
             if live[w]:
-                n_w = 0
-                for i in range(n_pend[w]):  # the chunks still wanted, ascending
-                    c = pend[w, i]
-                    if want[w, c]:
-                        pend[w, n_w] = c
-                        n_w += 1
-                n_pend[w] = n_w
+                n_w = n_pend[w]
+                if n_want[w] != n_w:  # (pend[w] holds every wanted chunk: when the
+                    n_w = 0  # counts agree, all of it is still wanted)
+                    for i in range(n_pend[w]):  # the chunks still wanted, ascending
+                        c = pend[w, i]
+                        if want[w, c]:
+                            pend[w, n_w] = c
+                            n_w += 1
+                    n_pend[w] = n_w
                 n_rel = 0  # held packets due now arrive first
                 if cap > 0:
                     batch = up_state[w, S_BATCHES]
@@ -461,9 +463,14 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
             width = min(k, n - base)
             if width > 0:
                 dst = dequantized[base : base + width]
-                values = regs[idx, :width]
-                for j in range(width):
-                    dst[j] = np.float64(values[j]) / f[s] if got_it else 0.0
+                if got_it:  # (two plain loops: LLVM vectorises the division)
+                    values = regs[idx, :width]
+                    scale = f[s]
+                    for j in range(width):
+                        dst[j] = np.float64(values[j]) / scale
+                else:
+                    for j in range(width):
+                        dst[j] = 0.0
         elif got_it:
             for j in range(k):
                 result[s, j] = regs[idx, j]
