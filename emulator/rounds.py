@@ -91,6 +91,27 @@ def _is_current(key, v, s, step, first_chunk, shadow, m):
     wait for: a worker checks the result's step, packet_id and shadow bit."""
     return s < m and v == shadow[s] and key == use_key(step, first_chunk + s)
 
+@numba.njit(cache=True, inline="always")
+def _take_result(key, v, s, w, step, first_chunk, shadow, m, want, n_want, stale, dup):
+    """Worker w receives a result for slot s of use (key, set v): it takes it if it
+    still waits for it; one of an earlier use is stale, a second copy a duplicate
+    (both dropped, counted). The one rule for results arriving late, on a lossless
+    link and through a link's arrival list."""
+    if not _is_current(key, v, s, step, first_chunk, shadow, m):
+        stale[w] += 1
+    elif want[w, s]:
+        want[w, s] = False
+        n_want[w] -= 1
+    else:
+        dup[w] += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _slot_of(idx, pool_size):
+    """The slot of a register index (set v of slot s is v·pool + s)."""
+    return idx - pool_size if idx >= pool_size else idx
+
+
 
 @numba.njit(cache=True, parallel=True)
 def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
@@ -341,15 +362,9 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 for r in range(n_rec):
                     if rec_kind[r] == MULTICAST or rec_dest[r] == w:
                         n_w += 1
-                        s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
-                        if not _is_current(rec_key[r], rec_v[r], s, step, first_chunk,
-                                           shadow, m):
-                            stale[w] += 1
-                        elif want[w, s]:
-                            want[w, s] = False
-                            n_want[w] -= 1
-                        else:
-                            dup[w] += 1
+                        _take_result(rec_key[r], rec_v[r], _slot_of(rec_idx[r], pool_size),
+                                     w, step, first_chunk, shadow, m, want, n_want, stale,
+                                     dup)
                 down_sent[w] = n_w
                 transmit_into(down_params[w], down_state[w], n_w, dpos[w], dkeys[w])
                 continue
@@ -366,16 +381,8 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 kept = 0
                 for h in range(hd_n[w]):
                     if hd_due[w, h] <= batch:
-                        s = hd_slot[w, h]
-                        if _is_current(hd_use[w, h], hd_shadow[w, h], s, step, first_chunk,
-                                       shadow, m):
-                            if want[w, s]:
-                                want[w, s] = False
-                                n_want[w] -= 1
-                            else:
-                                dup[w] += 1
-                        else:
-                            stale[w] += 1  # a result of an earlier use: dropped
+                        _take_result(hd_use[w, h], hd_shadow[w, h], hd_slot[w, h], w, step,
+                                     first_chunk, shadow, m, want, n_want, stale, dup)
                     else:
                         hd_use[w, kept] = hd_use[w, h]
                         hd_shadow[w, kept] = hd_shadow[w, h]
@@ -401,7 +408,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 hd_n[w] += 1
                 hd_use[w, h] = rec_key[r]
                 hd_shadow[w, h] = rec_v[r]
-                hd_slot[w, h] = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
+                hd_slot[w, h] = _slot_of(rec_idx[r], pool_size)
                 hd_due[w, h] = due[w, j]
             late_down[w] += n_late
             for j in range(got):
@@ -409,14 +416,8 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                 if mark[w, dpos[w, j]] == 0:  # duplicates of a record count once as delivered
                     mark[w, dpos[w, j]] = 1
                     delivered += 1
-                s = rec_idx[r] - pool_size if rec_idx[r] >= pool_size else rec_idx[r]
-                if not _is_current(rec_key[r], rec_v[r], s, step, first_chunk, shadow, m):
-                    stale[w] += 1  # answers a late packet of an earlier use: dropped
-                elif want[w, s]:
-                    want[w, s] = False
-                    n_want[w] -= 1
-                else:
-                    dup[w] += 1  # a copy it already has: dropped
+                _take_result(rec_key[r], rec_v[r], _slot_of(rec_idx[r], pool_size), w, step,
+                             first_chunk, shadow, m, want, n_want, stale, dup)
             lost[w] = n_w - delivered
             for j in range(got):
                 mark[w, dpos[w, j]] = 0
