@@ -22,6 +22,7 @@ import numpy as np
 
 from emulator.network import P_LOSSLESS, S_BATCHES, hold_into, transmit_into
 from emulator.switch import MULTICAST, switch_packet, use_key
+from innet.memory import aligned_zeros
 from innet.protocol import flag
 from innet.quant.block_float import chunk_exponent, quantize_value
 
@@ -69,7 +70,7 @@ def _arrive(job_id, p, pool_size, k, port_of_worker, table, exp_cap, bitmap, use
             port_of_worker[w], Q, w * m + c, bitmap, use_reg, counter,
             exp_reg, ovf_reg, regs, drops, q)
     if mode == PAYLOAD_X:  # the packet's k values, quantised now
-        _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q])
+        _quantize_packet(X, w, (first_chunk + c) * k, f[c], scratch[q, :k])
     return switch_packet(
         job_id, p, pool_size, k, port_of_worker, table, exp_cap,
         job_id, w, shadow[c], c, flags, e_next[w, c],
@@ -120,7 +121,7 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                    live,
                    max_retries, up_params, up_state, down_params, down_state,
                    result, dequantized, res_exp, res_ovf, have, want, counts, round_log,
-                   workspace, held):
+                   workspace, held, scratch):
     """Every round of one window (see the module docstring); returns the rounds run.
 
     mode PAYLOAD_Q: packet (w, c) carries Q[w·m + c] (read in place); PAYLOAD_X:
@@ -148,7 +149,13 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
     with their header and values, result packets with the use they answer. A link
     delivers its due packets before the round's own; the switch judges a late packet
     like any other (its use check drops one of an earlier use), and a worker takes a
-    result only for the use it waits for (:func:`_is_current`)."""
+    result only for the use it waits for (:func:`_is_current`).
+
+    ``scratch`` (:func:`innet.memory.lane_rows`, at least n_lanes × k) are the slot
+    lanes' packet buffers: a worker quantises a packet into its lane's row and the
+    switch reads it from there. Each row starts on a cache line of its own: a buffer
+    that a lane shared a line with, or that split its vector accesses across lines,
+    cost a fifth of the allreduce (see innet.memory)."""
     sent = np.zeros(p, np.int64)  # per worker, this round
     arrived = np.zeros(p, np.int64)
     down_sent = np.zeros(p, np.int64)
@@ -169,7 +176,6 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
     (hu_n, hu_use, hu_shadow, hu_slot, hu_exp, hu_flags, hu_due, hu_values,
      hd_n, hd_use, hd_shadow, hd_slot, hd_due) = held
     cap = hu_use.shape[1]  # 0: no link delays
-    scratch = np.zeros((n_lanes, k), np.int32)
     n_pend = np.full(p, m, np.int64)
     for w in range(p):
         for c in range(m):
@@ -506,7 +512,7 @@ def hold_buffers(p: int, k: int, cap: int) -> tuple:
     one it takes is a current slot's, whose registers no longer change)."""
     i32 = lambda: np.zeros((p, cap), np.int32)  # noqa: E731
     return (np.zeros(p, np.int64), np.zeros((p, cap), np.int64), i32(), i32(), i32(), i32(),
-            np.zeros((p, cap), np.int64), np.zeros((p, cap, k), np.int32),
+            np.zeros((p, cap), np.int64), aligned_zeros((p, cap, k), np.int32),
             np.zeros(p, np.int64), np.zeros((p, cap), np.int64), i32(), i32(),
             np.zeros((p, cap), np.int64))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from innet.memory import aligned_zeros
 from innet.protocol import decode, flag, packet_dtype
 from p4_models import Program, Target, streaming_sum, tofino1
 from p4_models import switchml_sum as ss
@@ -174,9 +175,10 @@ def allocate_registers(pool_size: int, k: int) -> tuple:
     """Zeroed registers of the streaming sum for ``pool_size`` slots per shadow set,
     allocated from the program's declaration (:func:`p4_models.streaming_sum`): each
     entry exactly its declared width and signedness, as many entries as declared.
-    Returned in :data:`REGISTER_ORDER`. Set v of slot s is row v·pool + s, except in
-    the bitmap (one entry per slot, both sets' bits) and the use keys, laid out
-    (pool, 2) so that a slot's two keys share a cache line."""
+    Returned in :data:`REGISTER_ORDER`, each starting on a cache line
+    (:mod:`innet.memory`). Set v of slot s is row v·pool + s, except in the bitmap (one
+    entry per slot, both sets' bits) and the use keys, laid out (pool, 2) so that a
+    slot's two keys share a cache line."""
     declared = {reg.name: reg for stage in streaming_sum(k, pool_size).stages
                 for reg in stage.registers}
     out = []
@@ -187,7 +189,7 @@ def allocate_registers(pool_size: int, k: int) -> tuple:
             shape = (reg.depth, reg.lanes)
         if name == "use":
             shape = (pool_size, 2)
-        out.append(np.zeros(shape, dtype=reg.dtype))
+        out.append(aligned_zeros(shape, reg.dtype))  # rows on cache lines (innet.memory)
     return tuple(out)
 
 
@@ -355,7 +357,7 @@ class SumSwitch:
             self._res = (np.empty(size, np.int64), np.empty(size, np.int8),
                          np.empty(size, np.int32), np.empty(size, np.int32),
                          np.empty(size, np.int32), np.empty(size, np.int32),
-                         np.empty(size, np.uint8), np.empty((size, self.k), np.int32))
+                         np.empty(size, np.uint8), aligned_zeros((size, self.k), np.int32))
         return self._res
 
     def _output_buffers(self, N: int, rows: int):
@@ -364,7 +366,7 @@ class SumSwitch:
         than the pipeline itself."""
         if self._out is None or len(self._out[0]) < N or len(self._out[2]) < rows:
             self._out = (np.zeros(N, np.int8), np.zeros(N, np.int64), np.zeros(rows, np.int32),
-                         np.zeros(rows, np.uint8), np.zeros((rows, self.k), np.int32))
+                         np.zeros(rows, np.uint8), aligned_zeros((rows, self.k), np.int32))
         kind_of, row_of, exp, ovf, values = self._out
         return kind_of[:N], row_of[:N], exp[:rows], ovf[:rows], values[:rows]
 

@@ -93,6 +93,7 @@ from emulator.switch import (
     SumSwitch,
     default_lanes,
 )
+from innet.memory import CACHE_LINE, lane_rows
 from innet.protocol import decode, edge_flags, encode, flag, header, packet_dtype
 from innet.quant import chunk_exponents, quantize_chunks, scale_of
 
@@ -220,6 +221,7 @@ class SwitchAllreduce:
         delays = [link.model.max_delay for link in self.up + self.down if link.model.delay > 0]
         self.hold_cap = min(1024, 2 * max(pool_size, 1) * max(delays)) if delays else 0
         self._held: tuple | None = None
+        self._scratch: np.ndarray | None = None
         #: the wire engine's held packets per link: (wire packets, due batches)
         self._held_wire: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -286,7 +288,7 @@ class SwitchAllreduce:
                 shadow, base_flags, live,
                 self.max_retries, up_params, up_state, down_params, down_state,
                 res, out, exp, ovf, have, want, counts, log, self._workspace(m),
-                self._held_buffers())
+                self._held_buffers(), self._packet_buffers(lanes))
             sw.drops += drops.sum(axis=0)
             sw.packets_in += int(log[:rounds, LOG_UP].sum())
             stats.add_counts(counts)
@@ -306,6 +308,13 @@ class SwitchAllreduce:
         if self._work is None or self._work[5].shape[1] < m:
             self._work = window_workspace(self.p, m, self.hold_cap)
         return self._work
+
+    def _packet_buffers(self, lanes: int) -> np.ndarray:
+        """The slot lanes' packet buffers, one cache-line-aligned row per lane."""
+        b = self._scratch  # (an unpickled engine's copy may sit anywhere: rebuilt)
+        if b is None or len(b) < lanes or b.ctypes.data % CACHE_LINE:
+            self._scratch = lane_rows(lanes, self.k)
+        return self._scratch
 
     def _held_buffers(self) -> tuple:
         if self._held is None:

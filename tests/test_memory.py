@@ -1,0 +1,54 @@
+"""Cache-line placement of the emulator's hot buffers (innet.memory)."""
+
+import numpy as np
+import pytest
+
+from emulator.switch import SumSwitch, allocate_registers
+from host.switch_allreduce import SwitchAllreduce
+from innet.memory import CACHE_LINE, aligned_zeros, lane_rows
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.float64, np.uint64])
+@pytest.mark.parametrize("shape", [1, 7, (3, 5), (2, 64), (0,), (4, 0)])
+def test_aligned_zeros_is_zeroed_contiguous_and_on_a_line(shape, dtype):
+    # many allocations in a row: numpy's own would land anywhere 16 bytes apart
+    for _ in range(20):
+        a = aligned_zeros(shape, dtype)
+        assert a.size == 0 or a.ctypes.data % CACHE_LINE == 0  # (empty: no address)
+        assert a.flags.c_contiguous and a.flags.writeable
+        assert a.dtype == np.dtype(dtype)
+        assert a.shape == ((shape,) if np.isscalar(shape) else tuple(shape))
+        assert not a.any()
+
+
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 37, 62, 64, 100])
+def test_each_lanes_packet_buffer_has_lines_of_its_own(k):
+    rows = lane_rows(4, k)
+    assert rows.shape[1] >= k and (rows.shape[1] * 4) % CACHE_LINE == 0
+    for q in range(4):
+        assert rows[q].ctypes.data % CACHE_LINE == 0
+    # writing one lane's first k values touches no line of another lane
+    rows[1, :k] = 7
+    lines = {(rows[q].ctypes.data + 4 * j) // CACHE_LINE for q in (0, 2, 3) for j in range(k)}
+    mine = {(rows[1].ctypes.data + 4 * j) // CACHE_LINE for j in range(k)}
+    assert not lines & mine
+    assert rows[0].sum() == rows[2].sum() == rows[3].sum() == 0
+
+
+def test_registers_and_engine_buffers_start_on_cache_lines():
+    for reg in allocate_registers(100, 64):
+        assert reg.ctypes.data % CACHE_LINE == 0
+    sw = SumSwitch(4, 64, 16)
+    assert sw.values.ctypes.data % CACHE_LINE == 0
+    ar = SwitchAllreduce(4, 64, 16)
+    X = np.random.default_rng(0).normal(size=(4, 64 * 40)).astype(np.float32)
+    out, _ = ar.allreduce(X)
+    np.testing.assert_allclose(out, X.sum(0, dtype=np.float64), rtol=0, atol=1e-5)
+    assert ar._scratch.ctypes.data % CACHE_LINE == 0
+    # an engine restored from a checkpoint gets its buffers back on a line
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ar))
+    out2, _ = again.allreduce(X)
+    np.testing.assert_array_equal(out, out2)
+    assert again._scratch.ctypes.data % CACHE_LINE == 0
