@@ -37,6 +37,7 @@ import numba
 import numpy as np
 
 from innet import protocol
+from p4_models import alu
 from p4_models.program import Program, Register, RegisterAction, Stage
 
 # action codes shared with the emulator's kernel
@@ -175,17 +176,18 @@ def sat_accumulate(regs, idx, source, r, k):
     """Processor.sat_accumulate: regs[idx] += source[r] lane by lane, clamped to int32;
     returns whether any lane clamped (OverflowFlag.sticky_or takes it).
 
-    Each lane's sum is formed in 64 bits and clamped, and the clip flag is the OR of
-    (sum XOR clamped), an integer reduction that LLVM vectorises: one branch-free loop.
-    (A wrapping int32 add with the sign-bit overflow test and a second clamping loop was
-    30 % faster with the packets in cache but half as fast streaming them from memory,
-    where the switch reads them: its longer loop body kept fewer loads in flight.)"""
+    The lanes stay 32 bits wide (:mod:`p4_models.alu`): each lane's saturating sum, and
+    the clip flag as "some saturating sum differs from the wrapping one", a boolean OR
+    that LLVM keeps in mask registers — one branch-free loop. (Forming each sum in
+    64 bits and clamping it, the earlier form, was ≈ 1.5 % slower end to end; a wrapping
+    add with a second clamping loop, slower still.)"""
     dst = regs[idx]
     src = source[r]
-    clipped = np.int64(0)
+    clipped = False
     for j in range(k):
-        t = np.int64(dst[j]) + np.int64(src[j])
-        c = min(max(t, INT32_MIN), INT32_MAX)
-        clipped |= t ^ c
-        dst[j] = np.int32(c)
-    return 1 if clipped != 0 else 0
+        a = dst[j]
+        b = src[j]
+        s = alu.sat_add_i32(a, b)
+        clipped |= s != alu.wrap_add_i32(a, b)
+        dst[j] = s
+    return 1 if clipped else 0
