@@ -46,7 +46,11 @@ def _leftovers() -> list[int]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"innet" in cmd or b"torch.distributed" in cmd:
+        # the arguments, not argv[0]: the interpreter's own path names "innet" when
+        # the checkout does (a clone in .../innet/.venv), and so does every helper's
+        args = cmd.split(b"\0")[1:]
+        if any(a == b"innet" or a.endswith(b"/innet")  # -m innet, the console script
+               or a.startswith((b"innet.", b"torch.distributed")) for a in args):
             out.append(pid)
     return out
 
