@@ -101,7 +101,6 @@ def streaming_sum(k: int = 64, pool_size: int = 512) -> Program:
 
 
 # -- the stages' register actions (the emulator composes them: emulator.switch) ---------
-INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
 
 
 @numba.njit(cache=True, inline="always")
