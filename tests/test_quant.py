@@ -2,12 +2,14 @@
 
 import math
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from innet.i32 import and_i32, max_i32
 from innet.quant import EXP_MAX, EXP_MIN, chunk_exponents, quantize_chunks, scale_of
 
 
@@ -31,6 +33,27 @@ floats32 = st.floats(width=32, allow_nan=False) | st.sampled_from(
        k=st.integers(1, 9))
 def test_chunk_exponents_match_frexp(X, k):
     assert np.array_equal(chunk_exponents(X, k), exponents_reference(X, k))
+
+
+@numba.njit(cache=True)
+def _int32_lanes(a, b, out_and, out_max):
+    for i in range(a.shape[0]):
+        out_and[i] = and_i32(a[i], b[i])
+        out_max[i] = max_i32(a[i], b[i])
+
+
+int32s = st.integers(-(2**31), 2**31 - 1)
+
+
+@given(a=arrays(np.int32, 40, elements=int32s), b=arrays(np.int32, 40, elements=int32s))
+@example(a=np.array([-(2**31), 2**31 - 1, -1, 0, 5], np.int32),
+         b=np.array([2**31 - 1, -(2**31), 0, -1, 5], np.int32))
+def test_int32_lane_operations_are_numpys(a, b):
+    """and_i32 / max_i32 (the exponent's peak in 32-bit lanes) give numpy's int32
+    results, signed comparison included."""
+    out_and, out_max = np.empty_like(a), np.empty_like(a)
+    _int32_lanes(a, b, out_and, out_max)
+    assert np.array_equal(out_and, a & b) and np.array_equal(out_max, np.maximum(a, b))
 
 
 @given(seed=st.integers(0, 2**31), p=st.integers(1, 16), k=st.integers(1, 16))

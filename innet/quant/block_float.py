@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from innet.i32 import and_i32, max_i32
+
 INT32_MAX = 2**31 - 1
 EXP_MIN, EXP_MAX = -126, 127  # the int8 header field, float32's normal range
 
@@ -27,9 +29,9 @@ def chunk_exponent(row, start, k):
     if start >= n:
         return EXP_MIN
     seg = row[start:min(start + k, n)]
-    peak = np.int32(0)  # int32, not int64: twice the SIMD lanes
+    peak = np.int32(0)  # in int32 lanes (innet.i32): twice as many per vector as int64
     for j in range(seg.shape[0]):
-        peak = max(seg[j] & np.int32(0x7FFFFFFF), peak)
+        peak = max_i32(and_i32(seg[j], np.int32(0x7FFFFFFF)), peak)
     e = (peak >> 23) - 126  # zero and subnormal peaks land at or below EXP_MIN
     return min(max(e, EXP_MIN), EXP_MAX)
 
