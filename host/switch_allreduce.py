@@ -83,6 +83,7 @@ from emulator.rounds import (
     RETRANSMISSIONS,
     ROUNDS,
     STALE_RESULTS,
+    WORKSPACE_ARRAYS,
     hold_buffers,
     window_kernel,
     window_workspace,
@@ -305,7 +306,8 @@ class SwitchAllreduce:
 
     def _workspace(self, m: int) -> tuple:
         """The window kernel's arrays, built once for the largest window seen."""
-        if self._work is None or self._work[5].shape[1] < m:
+        if (self._work is None or len(self._work) != WORKSPACE_ARRAYS
+                or self._work[5].shape[1] < m):
             self._work = window_workspace(self.p, m, self.hold_cap)
         return self._work
 

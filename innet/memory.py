@@ -12,7 +12,12 @@ ran slow; the switch pipeline with its registers on a line boundary is ≈ 10 % 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 CACHE_LINE = 64  # bytes, x86-64 and most ARM cores
 
@@ -33,3 +38,42 @@ def lane_rows(lanes: int, k: int, dtype=np.int32) -> np.ndarray:
     (k' ≥ k rounds a row up to whole lines, so no two threads write one line)."""
     per_line = CACHE_LINE // np.dtype(dtype).itemsize
     return aligned_zeros((lanes, -(-k // per_line) * per_line), dtype)
+
+
+@intrinsic
+def _prefetch_line(typingctx, a, row, byte):
+    """Hint the cache line at byte ``byte`` of row ``row`` of a 2-D array into the
+    caches (x86 ``prefetcht0``; a hint never faults, wherever it points)."""
+    if not (isinstance(a, types.Array) and a.ndim == 2 and isinstance(row, types.Integer)
+            and isinstance(byte, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr, r, b = args
+        ary = context.make_array(signature.args[0])(context, builder, arr)
+        stride = cgutils.unpack_tuple(builder, ary.strides)[0]
+        r = context.cast(builder, r, signature.args[1], types.intp)
+        b = context.cast(builder, b, signature.args[2], types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        at = builder.gep(builder.bitcast(ary.data, i8p), [builder.add(builder.mul(r, stride), b)])
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        # read, keep in all levels, data cache
+        builder.call(fn, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(a, row, byte), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def prefetch_span(a, row, start, count):
+    """Ask for a[row, start : start + count] ahead of its use (nothing past the row's
+    end). A kernel that reads several streams a packet at a time, with work between
+    the reads, keeps too few misses in flight for the hardware prefetcher to hide the
+    memory's latency; asking a few packets ahead does (see emulator.rounds)."""
+    if start >= 0 and start + count <= a.shape[1]:
+        base = start * a.itemsize
+        for b in range(base, base + count * a.itemsize, CACHE_LINE):
+            _prefetch_line(a, row, b)

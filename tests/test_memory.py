@@ -1,11 +1,12 @@
 """Cache-line placement of the emulator's hot buffers (innet.memory)."""
 
+import numba
 import numpy as np
 import pytest
 
 from emulator.switch import SumSwitch, allocate_registers
 from host.switch_allreduce import SwitchAllreduce
-from innet.memory import CACHE_LINE, aligned_zeros, lane_rows
+from innet.memory import CACHE_LINE, aligned_zeros, lane_rows, prefetch_span
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.float64, np.uint64])
@@ -52,3 +53,20 @@ def test_registers_and_engine_buffers_start_on_cache_lines():
     out2, _ = again.allreduce(X)
     np.testing.assert_array_equal(out, out2)
     assert again._scratch.ctypes.data % CACHE_LINE == 0
+
+
+@numba.njit(cache=True)
+def _prefetch_everywhere(a):
+    for r in range(a.shape[0]):
+        for start in range(-3, a.shape[1] + 3):
+            prefetch_span(a, r, start, 5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64])
+def test_prefetch_is_a_hint_that_changes_nothing(dtype):
+    """prefetch_span compiles for the kernels' row types, accepts spans that run off
+    either end of a row (it asks for nothing there) and leaves the data as it was."""
+    a = np.arange(6 * 37, dtype=dtype).reshape(6, 37)
+    before = a.copy()
+    _prefetch_everywhere(a)
+    assert np.array_equal(a, before)
