@@ -79,7 +79,7 @@ def main() -> None:
     def headers(b):
         return {"job": zeros, "worker": worker, "shadow": zeros + b % 2, "slot": slot,
                 "flags": zeros, "exponent": zeros, "count": zeros + k,
-                "step": np.zeros(P * p, np.int64), "packet_id": slot + b * P}
+                "step": np.zeros(P * p, np.uint32), "packet_id": slot + b * P}  # u32 on the wire
 
     hdrs = [headers(b) for b in range(windows)]
     sw = SumSwitch(p, k, P)

@@ -105,7 +105,7 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
               bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
               kind_of, row_of, out_exp, out_ovf, out_values, n_out, drops):
     """One pass of the program over a batch; packet i's k values are source[rows[i]]
-    (read in place, never gathered). Slots are independent state, so ``n_lanes``
+    (read in place, never gathered), or source[i] when ``rows`` is empty. Slots are independent state, so ``n_lanes``
     threads (a power of two) share the batch, lane q owning the blocks of 64 slots
     b = s div 64 with b mod n_lanes = q (so lanes never write one cache line of the
     small registers) and seeing their packets in arrival order (invalid packets go to
@@ -115,7 +115,10 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
     the arrays as unaliased, which vectorises the lane loops: measured 2× over a plain
     njit loop.)"""
     N = job.shape[0]
-    for q in numba.prange(n_lanes):
+    in_place = rows.shape[0] == 0  # packet i's values are source[i]: no index array read
+    for lane in numba.prange(n_lanes):
+        q = np.int64(lane)  # (prange's index is unsigned: compared with a signed lane
+        # number below it would go through float, packet by packet)
         o = q * N
         for i in range(N):
             s = slot[i]
@@ -127,7 +130,7 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
             kind, idx = switch_packet(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
                                       job[i], worker[i], shadow[i], s, flags[i], exponent[i],
                                       count[i], use_key(step[i], packet_id[i]), ingress[i],
-                                      source, rows[i],
+                                      source, i if in_place else rows[i],
                                       bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
                                       drops, q)
             kind_of[i] = kind if kind > 0 else 0
@@ -166,6 +169,9 @@ def _collect(kind_of, row_of, worker, slot, shadow, out_exp, out_ovf, out_values
             values[j, x] = out_values[r, x]  # goes through a generic array copy)
     return o
 
+
+#: ``rows`` for a batch whose packet i carries values[i]
+_IN_PLACE = np.zeros(0, np.int64)
 
 #: the streaming sum's registers in the order the pipeline takes them
 REGISTER_ORDER = ("bitmap", "use", "counter", "exponent", "overflow", "values")
@@ -260,7 +266,6 @@ class SumSwitch:
         self.packets_in = 0
         self._out = None
         self._res = None
-        self._rows: np.ndarray | None = None
 
     def clear_slots(self, slots: np.ndarray) -> None:
         """Control plane: reset some slots after a failed window, in *both* shadow sets.
@@ -300,7 +305,7 @@ class SumSwitch:
             self.drops[MALFORMED] += N
             return self._results(0)
         if rows is None:
-            rows = self._identity_rows(N)
+            rows = _IN_PLACE  # packet i reads values[i]
         else:
             rows = np.asarray(rows, dtype=np.int64)
             if N and (rows.min() < 0 or rows.max() >= len(values)):
@@ -399,12 +404,6 @@ class SumSwitch:
             out["count"] = out["count"].copy()
             out["count"][bad] = -1
         return out
-
-    def _identity_rows(self, N: int) -> np.ndarray:
-        """0 … N−1 (packet i reads payload row i), kept between batches."""
-        if self._rows is None or len(self._rows) < N:
-            self._rows = np.arange(N, dtype=np.int64)
-        return self._rows[:N]
 
     def _results(self, n: int) -> Results:
         empty = (np.int64, np.int8, np.int32, np.int32, np.int32, np.int32, np.uint8)
