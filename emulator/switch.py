@@ -105,8 +105,9 @@ def _pipeline(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lanes,
               bitmap, use_reg, counter, exp_reg, ovf_reg, regs,
               kind_of, row_of, out_exp, out_ovf, out_values, n_out, drops):
     """One pass of the program over a batch; packet i's k values are source[rows[i]]
-    (read in place, never gathered), or source[i] when ``rows`` is empty. Slots are independent state, so ``n_lanes``
-    threads (a power of two) share the batch, lane q owning the blocks of 64 slots
+    (read in place, never gathered), or source[i] when ``rows`` is empty. Slots are
+    independent state, so ``n_lanes`` threads (a power of two) share the batch, lane q
+    owning the blocks of 64 slots
     b = s div 64 with b mod n_lanes = q (so lanes never write one cache line of the
     small registers) and seeing their packets in arrival order (invalid packets go to
     lane i mod n_lanes). Lane q writes its outputs, compacted, from row q·N on and their
