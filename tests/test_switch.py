@@ -324,6 +324,34 @@ def test_two_lanes_give_the_same_sums_as_one():
     assert np.array_equal(one.values, Q.reshape(P, p, k).sum(axis=1))
 
 
+def test_lanes_answer_in_arrival_order_like_one_lane():
+    """Slots spread over several lanes' blocks, packets shuffled, copies, a slot out of
+    range and a foreign job mixed in: the answers (multicasts and kept-result unicasts)
+    come back in arrival order, field for field as one lane gives them (the lanes'
+    answer lists are merged, not scanned)."""
+    rng = np.random.default_rng(11)
+    p, P, k = 5, 300, 4  # slots in five 64-slot blocks
+    slot = np.repeat(np.arange(P), p)
+    worker = np.tile(np.arange(p), P)
+    order = rng.permutation(P * p)
+    copies = rng.choice(P * p, size=200)  # retransmissions, some after their slot completes
+    order = np.concatenate([order, copies])
+    slot, worker = slot[order], worker[order]
+    slot[rng.choice(len(slot), 7)] = P + 3  # out of range: dropped, counted
+    job = np.where(rng.random(len(slot)) < 0.02, 9, 0)  # another job: dropped
+    Q = rng.integers(-1000, 1000, size=(len(slot), k)).astype(np.int32)
+    h = header(len(slot), worker=worker, slot=slot, job=job, count=np.full(len(slot), k))
+    one = SumSwitch(p, k, P, lanes=1)
+    two = SumSwitch(p, k, P, lanes=2)
+    a, b = one.process_native(h, Q, worker), two.process_native(h, Q, worker)
+    assert len(a) > P and np.all(np.diff(b.packet) > 0)
+    for field in ("packet", "kind", "worker", "slot", "shadow", "exponent", "overflow",
+                  "values"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert one.drop_counts() == two.drop_counts()
+    assert (a.kind == UNICAST).any() and (a.kind == MULTICAST).sum() <= P
+
+
 def test_fully_lost_window_is_exact_or_a_counted_fallback():
     """Issue 12's reproducer: window 0 lost entirely (up link down for one batch), no
     retries. Clearing only the set in use left the preamble's bits in the other set,
