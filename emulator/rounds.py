@@ -198,11 +198,12 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
     like any other (its use check drops one of an earlier use), and a worker takes a
     result only for the use it waits for (:func:`_is_current`).
 
-    ``scratch`` (:func:`innet.memory.lane_rows`, at least n_lanes × k) are the slot
-    lanes' packet buffers: a worker quantises a packet into its lane's row and the
-    switch reads it from there. Each row starts on a cache line of its own: a buffer
-    that a lane shared a line with, or that split its vector accesses across lines,
-    cost a fifth of the allreduce (see innet.memory)."""
+    ``scratch`` (:func:`innet.memory.lane_rows`) are the packet buffers and ``drops``
+    the drop counters of the slot lanes (general rounds) or of the groups of chunks
+    (in-order rounds): at least max(n_lanes, ⌈m / 64⌉) rows of each. A worker quantises
+    a packet into its row and the switch reads it from there. Each row starts on a
+    cache line of its own: a buffer that a lane shared a line with, or that split its
+    vector accesses across lines, cost a fifth of the allreduce (see innet.memory)."""
     sent = np.zeros(p, np.int64)  # per worker, this round
     arrived = np.zeros(p, np.int64)
     down_sent = np.zeros(p, np.int64)
@@ -314,10 +315,14 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
             # workers in ascending order, as in the interleaving below; slots are
             # independent, so a lane may take a group of chunks worker by worker
             # (each worker's data then read in order, not p rows at once)
-            # (groups of 64 … IN_ORDER_GROUP chunks, at least two per lane when m allows)
+            # (groups of 64 … IN_ORDER_GROUP chunks, at least two per lane when m allows).
+            # The groups are handed out one at a time (the caller sets Numba's parallel
+            # chunk size to 1), so a thread that the host slows down takes fewer of them;
+            # group g uses packet buffer and drop counters g
             group = min(IN_ORDER_GROUP, max(64, (m // (2 * n_lanes)) // 64 * 64))
-            for q in numba.prange(n_lanes):
-                for b0 in range(q * group, m, group * n_lanes):
+            for g in numba.prange(-(-m // group)):
+                q = np.int64(g)
+                for b0 in range(q * group, q * group + 1):
                     for w in range(p):
                         for c in range(b0, min(b0 + group, arrived[w])):
                             if mode == PAYLOAD_X:  # ask for the data PREFETCH_CHUNKS ahead
