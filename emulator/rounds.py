@@ -518,14 +518,13 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
     counts[HOLD_FULL] += full.sum()
     # reassembly: a result packet carries its slot's registers, which cannot change
     # once the slot completes within the window (see the module docstring)
-    # Each slot is read back by the lane that ran it (the registers are in its caches)
+    # by blocks of 64 slots, handed out one at a time like the in-order groups
     n = dequantized.shape[0]
-    for lane in numba.prange(n_lanes):
-        for block in range(lane, -(-m // 64), n_lanes):
-            for s in range(block * 64, min(block * 64 + 64, m)):
-                _reassemble(s, p, k, pool_size, mode, live, want, shadow, first_chunk, f,
-                            exp_reg, ovf_reg, regs, result, dequantized, n, res_exp,
-                            res_ovf, have)
+    for block in numba.prange(-(-m // 64)):
+        for s in range(block * 64, min(block * 64 + 64, m)):
+            _reassemble(s, p, k, pool_size, mode, live, want, shadow, first_chunk, f,
+                        exp_reg, ovf_reg, regs, result, dequantized, n, res_exp, res_ovf,
+                        have)
     return rounds
 
 
