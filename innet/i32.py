@@ -13,26 +13,26 @@ from numba import types
 from numba.extending import intrinsic
 
 
-@intrinsic
-def and_i32(typingctx, a, b):
-    """a & b (int32 operands), an int32."""
-    if a != types.int32 or b != types.int32:
-        return None
+def binary_i32(name: str, build, doc: str):
+    """An intrinsic (int32, int32) -> int32 whose body is ``build(builder, a, b)``
+    (llvmlite IR); the one place the int32 intrinsics are typed."""
 
-    def codegen(context, builder, signature, args):
-        return builder.and_(args[0], args[1])
+    def typer(typingctx, a, b):
+        if a != types.int32 or b != types.int32:
+            return None
 
-    return types.int32(types.int32, types.int32), codegen
+        def codegen(context, builder, signature, args):
+            return build(builder, *args)
+
+        return types.int32(types.int32, types.int32), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def max_i32(typingctx, a, b):
-    """max(a, b) (int32 operands, signed), an int32: LLVM's smax pattern."""
-    if a != types.int32 or b != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        x, y = args
-        return builder.select(builder.icmp_signed(">", x, y), x, y)
-
-    return types.int32(types.int32, types.int32), codegen
+and_i32 = binary_i32("and_i32", lambda b, x, y: b.and_(x, y), "a & b (int32 operands), an int32.")
+max_i32 = binary_i32("max_i32", lambda b, x, y: b.select(b.icmp_signed(">", x, y), x, y),
+                     "max(a, b) (int32 operands, signed), an int32: LLVM's smax pattern.")
+wrap_add_i32 = binary_i32("wrap_add_i32", lambda b, x, y: b.add(x, y),
+                          "a + b modulo 2³² (int32 operands): the sum when nothing clamps.")

@@ -9,34 +9,21 @@ LLVM vectorise them (``llvm.sadd.sat`` is the ALU's ``sat_add``).
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+
+from innet.i32 import binary_i32, wrap_add_i32
 
 _I32 = ir.IntType(32)
 
 
-@intrinsic
-def sat_add_i32(typingctx, a, b):
-    """a + b clamped to [−2³¹, 2³¹ − 1] (int32 operands)."""
-    if a != types.int32 or b != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_I32, [_I32, _I32]), "llvm.sadd.sat.i32")
-        return builder.call(fn, args)
-
-    return types.int32(types.int32, types.int32), codegen
+def _sat_add(builder, a, b):
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_I32, [_I32, _I32]), "llvm.sadd.sat.i32")
+    return builder.call(fn, [a, b])
 
 
-@intrinsic
-def wrap_add_i32(typingctx, a, b):
-    """a + b modulo 2³² (int32 operands): what the sum is when nothing clamps."""
-    if a != types.int32 or b != types.int32:
-        return None
+#: a + b clamped to [−2³¹, 2³¹ − 1] (int32 operands): the ALU's ``sat_add``
+sat_add_i32 = binary_i32("sat_add_i32", _sat_add,
+                         "a + b clamped to [−2³¹, 2³¹ − 1] (int32 operands).")
 
-    def codegen(context, builder, signature, args):
-        return builder.add(args[0], args[1])
-
-    return types.int32(types.int32, types.int32), codegen
+__all__ = ["sat_add_i32", "wrap_add_i32"]
