@@ -24,7 +24,7 @@ from emulator.network import P_LOSSLESS, S_BATCHES, hold_into, transmit_into
 from emulator.switch import MULTICAST, switch_packet, use_key
 from innet.memory import aligned_zeros, prefetch_span
 from innet.protocol import flag
-from innet.quant.block_float import chunk_exponent, quantize_value
+from innet.quant.block_float import chunk_exponent, quantize_value, scale_value
 
 # counters the kernel keeps (stats vector)
 (ROUNDS, PACKETS_UP, PACKETS_DOWN, RETRANSMISSIONS, RESULTS_LOST, DUPLICATE_RESULTS,
@@ -130,7 +130,8 @@ def _reassemble(s, p, k, pool_size, mode, live, want, shadow, first_chunk, f, ex
     """Slot s after the window: its exponent, overflow flag and values, taken if some
     live worker received its result (the registers cannot change once the slot
     completes within the window), written dequantised (sum / f[s], float64) to its
-    place in ``dequantized`` (mode PAYLOAD_X) or to ``result``; a chunk nobody
+    place in ``dequantized`` (mode PAYLOAD_X) or to ``result`` (unless it has no
+    rows); a chunk nobody
     received reads 0 (the PS replaces it). Indices into ``dequantized`` are unsigned:
     Numba then adds no wrap-around for negative ones, so the loops stay affine and
     vectorise without a view of the row (a view per slot costs two atomic reference
@@ -156,7 +157,7 @@ def _reassemble(s, p, k, pool_size, mode, live, want, shadow, first_chunk, f, ex
             else:
                 for j in range(width):
                     dequantized[at + np.uint64(j)] = 0.0
-    elif got_it:
+    elif got_it and result.shape[0] > 0:  # (no rows: only the exponent is wanted)
         for j in range(k):
             result[s, j] = regs[idx, j]
 
@@ -526,6 +527,72 @@ def window_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap, n_lan
                         exp_reg, ovf_reg, regs, result, dequantized, n, res_exp, res_ovf,
                         have)
     return rounds
+
+
+@numba.njit(cache=True, parallel=True)
+def pipelined_kernel(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
+                     bitmap, use_reg, counter, exp_reg, ovf_reg, regs, drops, step,
+                     X, Xbits, m, windows, group, shadows, proposals, f, out,
+                     res_exp, res_ovf, have, off_script, scratch, live, nobody_waits):
+    """A whole step (the exponent preamble, then ``windows`` windows of m chunks of X)
+    when nothing can go wrong: every link lossless and holding nothing, every worker
+    live and honest, and every slot's two sets last used before this step (so each
+    use starts afresh, see :func:`emulator.switch.switch_packet`). Each slot is then
+    a pipeline of its own, as in SwitchML: a worker sends a slot's next chunk as soon
+    as it has the slot's result, and what a slot computes does not depend on how its
+    uses interleave with other slots'. So groups of ``group`` slots, handed out one at
+    a time, run through all the step's uses before the next group, rather than every
+    slot through one window before the next window (:func:`window_kernel`, which
+    needs that barrier for its retransmission rounds). Each worker reads a chunk of X
+    from memory once, for the exponent it proposes, and again one use later, from
+    cache, to quantise it (behind a barrier the data of a window, p·m·k·4 bytes, has
+    long left the caches when it is quantised).
+
+    Use j of a slot is the preamble (j = 0: header-only packets, PHASE flag, proposing
+    the exponents of window 0) or window j − 1; it uses set ``shadows[j & 1]`` of each
+    slot and the step's ``use_key(step, first chunk + slot)``. Per packet the work is
+    the window kernel's (:func:`_arrive`: quantise with the agreed scale, then
+    :func:`emulator.switch.switch_packet`), and per slot the reassembly
+    (:func:`_reassemble`: dequantised into ``out``). Writes ``f`` (windows, m), the
+    scale of each window's chunks (the switch's exponent, :func:`scale_value`), and
+    res_exp / res_ovf / have (windows + 1, m), what each use returned;
+    ``off_script[g]`` counts packets group g saw answered otherwise than the protocol
+    has it with the preconditions met (each slot's last worker completes it, the
+    others are added; the caller treats a nonzero count as a broken invariant).
+    ``proposals`` (p, m) and ``scratch`` (groups, k') are workspace; ``live`` (p,) all
+    true and ``nobody_waits`` (p, m) all false say, in :func:`_reassemble`'s terms,
+    that every worker has every result. (Arrays are made by the caller: an array
+    made here is a parallel loop of its own, and with the caller's chunk size of 1
+    one of p·m elements costs a schedule entry per element.)"""
+    n = X.shape[1]
+    no_rows = scratch[:0]  # _reassemble: the preamble's values are not wanted
+    for g in numba.prange(-(-m // group)):
+        q = np.int64(g)
+        lo = q * group
+        hi = min(lo + group, m)
+        for j in range(windows + 1):
+            mode = PAYLOAD_ZERO if j == 0 else PAYLOAD_X
+            first = 0 if j == 0 else (j - 1) * m  # this use's first chunk
+            ahead_of = j * m  # the chunks whose exponents this use's packets propose
+            flags = F_PHASE if j == 0 else 0
+            shadow = shadows[j & 1]
+            scale = f[max(j - 1, 0)]
+            for w in range(p):
+                for c in range(lo, hi):
+                    prefetch_span(X, w, (ahead_of + c + PREFETCH_CHUNKS) * k, k)
+                    proposals[w, c] = chunk_exponent(Xbits[w], (ahead_of + c) * k, k)
+                    kind, _ = _arrive(
+                        job_id, p, pool_size, k, port_of_worker, table, exp_cap, bitmap,
+                        use_reg, counter, exp_reg, ovf_reg, regs, drops, step, mode, scratch,
+                        X, first, scale, proposals, m, shadow, flags, scratch, q, w, c)
+                    if kind != (MULTICAST if w == p - 1 else 0):
+                        off_script[q] += 1
+            for c in range(lo, hi):
+                _reassemble(c, p, k, pool_size, mode, live, nobody_waits, shadow, first,
+                            scale, exp_reg, ovf_reg, regs, no_rows, out, n, res_exp[j],
+                            res_ovf[j], have[j])
+                if j < windows:
+                    f[j, c] = scale_value(res_exp[j, c], p)
 
 
 #: how many arrays :func:`window_workspace` returns (an engine unpickled from an earlier

@@ -461,6 +461,9 @@ def test_compiled_workers_propose_the_next_windows_exponents(loss, silent, dead,
         ar.crash(dead, after_rounds=20)  # dies during the third window
     if tamper:  # the packets' integers materialised first (PAYLOAD_Q), left as they are
         ar.tamper = lambda Q, window: Q
+    # (a clean step is pipelined, see test_pipelined_step_is_the_window_path_bit_for_bit:
+    # this one checks the window path's in-order lanes)
+    monkeypatch.setattr(ar, "_can_pipeline", lambda m: False)
     seen, run_window = [], ar._window
 
     def spy(mode, Q, e_next, m, stats, **kw):
@@ -474,6 +477,99 @@ def test_compiled_workers_propose_the_next_windows_exponents(loss, silent, dead,
     assert [first for first, _, _ in seen] == list(range(0, -(-n // k) + pool, pool))
     for first, m, e_next in seen:
         assert np.array_equal(e_next, chunk_exponents(X, k, first, m))
+
+def _engine_state(ar: SwitchAllreduce) -> list:
+    """Everything a step leaves behind: registers, counters, links, shadow sets."""
+    sw = ar.switch
+    return [sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, sw.drops,
+            sw.packets_in, ar._set, ar._up_arrays[1], ar._down_arrays[1], ar.step]
+
+
+def _steps(ar: SwitchAllreduce, rng, p: int, lengths) -> list:
+    """Steps over vectors of the given lengths: one with an Inf and a NaN, one whose
+    control plane caps the exponents (overflowing chunks go to the PS); per step the
+    output, the stats and the round log."""
+    seen = []
+    for i, n in enumerate(lengths):
+        X = (rng.normal(size=(p, n)) * 2.0 ** rng.integers(-20, 20, size=(p, 1))
+             ).astype(np.float32)
+        if i == 1:
+            X[0, n // 2] = np.inf
+            X[-1, n // 3] = np.nan
+        ar.switch.exponent_cap = 1 if i == 2 else 127
+        if i == 2:  # values past the capped scale: the workers clip, the sums saturate
+            X[:, :3] = 1e6
+        out, stats = ar.allreduce(X)
+        seen.append((out.copy(), stats.as_dict(), list(stats.round_log)))
+    return seen
+
+
+@pytest.mark.parametrize("p,k,lengths,pool", [
+    (4, 8, (1000, 1000, 1000, 200), 16),  # windows of 16 slots, a partial last window
+    (1, 4, (100, 100, 100), 8),  # one worker: every packet completes its slot
+    (5, 64, (64 * 200 + 3, 700, 64 * 200 + 3), 128),  # a short tail chunk; fewer slots
+    (3, 4, (777, 777, 3000), 50),  # the vector grows: slots unused a step join again
+    (8, 64, (50, 50, 50), 512),  # one chunk: one slot of the pool
+])
+def test_pipelined_step_is_the_window_path_bit_for_bit(p, k, lengths, pool, monkeypatch):
+    """With lossless links, live honest workers and fresh slots a step runs each group
+    of slots through all its windows (emulator.rounds.pipelined_kernel) instead of
+    every slot through one window at a time: every output bit, counter, round-log row,
+    register, link state and shadow set equals the window path's, step after step,
+    with non-finite values and capped exponents (overflow fallbacks) among them."""
+    runs = {}
+    for pipelined in (True, False):
+        ar = SwitchAllreduce(p, k, pool)
+        taken = []
+        if pipelined:
+            monkeypatch.setattr(ar, "_pipelined",
+                                lambda *a, run=ar._pipelined, taken=taken:
+                                taken.append(1) or run(*a))
+        else:
+            monkeypatch.setattr(ar, "_can_pipeline", lambda m: False)
+        runs[pipelined] = _steps(ar, np.random.default_rng(p * 1000 + k), p, lengths)
+        runs[pipelined].append(_engine_state(ar))
+        assert len(taken) == (len(lengths) if pipelined else 0)
+    (*steps, state), (*ref_steps, ref_state) = runs[True], runs[False]
+    assert p == 1 or ref_steps[2][1]["fallback_chunks"]["overflow"]  # the cap bites
+    for (out, stats, log), (ref_out, ref_stats, ref_log) in zip(steps, ref_steps):
+        np.testing.assert_array_equal(out, ref_out)
+        assert stats == ref_stats and log == ref_log
+    for got, ref in zip(state, ref_state):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_only_a_step_that_cannot_go_wrong_is_pipelined():
+    """Loss, a silent or crashed worker, Byzantine integers, a guard, a link that
+    delays (it may hold packets across steps), or slots a later use has touched (a
+    rewound step counter): the window path, with its retransmission rounds and checks.
+    Forced through the pipelined kernel, a step on slots of a later use is caught by
+    the kernel's script check, not returned."""
+    p, k, pool, n = 4, 8, 16, 500
+    X = np.random.default_rng(5).normal(size=(p, n)).astype(np.float32)
+    clean = SwitchAllreduce(p, k, pool)
+    assert clean._can_pipeline(pool)
+    clean.allreduce(X)
+    assert clean._can_pipeline(pool)
+    cases = {"loss": SwitchAllreduce(p, k, pool, up=LinkModel(loss=0.01)),
+             "silent": SwitchAllreduce(p, k, pool), "dead": SwitchAllreduce(p, k, pool),
+             "tamper": SwitchAllreduce(p, k, pool), "guard": SwitchAllreduce(p, k, pool),
+             "held": SwitchAllreduce(p, k, pool, down=LinkModel(delay=1.0, max_delay=3))}
+    cases["silent"].silent.add(1)
+    cases["dead"].crash(2)
+    cases["tamper"].tamper = lambda Q, window: Q
+    cases["guard"].guard = lambda Q, first, e: Q
+    for name, ar in cases.items():
+        assert not ar._can_pipeline(pool), name
+    rewound = SwitchAllreduce(p, k, pool)
+    rewound.allreduce(X)
+    rewound.allreduce(X)
+    rewound.step = 0  # a replay of step 0: its slots' keys are older than the registers'
+    assert not rewound._can_pipeline(pool)
+    rewound._can_pipeline = lambda m: True
+    with pytest.raises(RuntimeError, match="off the protocol's script"):
+        rewound.allreduce(X)
+
 
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_a_lossless_round_adds_each_slot_in_worker_order_like_the_wire_engine(lanes):

@@ -8,6 +8,8 @@ The kernels are Numba-compiled, parallel over chunks, one pass over the data.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -61,8 +63,15 @@ def chunk_exponents(X: np.ndarray, k: int, first_chunk: int = 0,
 
 
 def scale_of(e: np.ndarray, p: int) -> np.ndarray:
-    """f = INT32_MAX / (p·2^e), float64."""
-    return INT32_MAX / (p * np.exp2(np.asarray(e, dtype=np.float64)))
+    """f = INT32_MAX / (p·2^e), float64 (2^e exact: e is an integer)."""
+    return INT32_MAX / (p * np.ldexp(1.0, np.asarray(e, dtype=np.int32)))
+
+
+@numba.njit(cache=True, inline="always")
+def scale_value(e, p):
+    """:func:`scale_of` of one exponent, for compiled callers (the same float64
+    operations, so the same bits)."""
+    return INT32_MAX / (p * math.ldexp(1.0, e))
 
 
 @numba.njit(cache=True, inline="always")
