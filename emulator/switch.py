@@ -74,7 +74,10 @@ def switch_packet(job_id, p, pool_size, k, port_of_worker, table, exp_cap,
         return -1, 0
     seen = ss.set_mine_clear_other(bitmap, use_reg, s, v, w, use, newer)
     c, seen, in_progress, last = ss.count(counter, idx, newer, p, seen)
-    action = table[seen, in_progress, last]  # the const-entries decision table
+    # the const-entries decision table, its key (seen, in_progress, last) as three bits
+    # of one index (a 2×2×2 array's strides cost registers the loop spills: A/B on the
+    # benchmark's batches, 12.2 -> 11.9 ms)
+    action = table[(seen << 2) | (in_progress << 1) | last]
     if action == ss.DROP_DUPLICATE:
         drops[lane, DUPLICATE] += 1
         return 0, idx
@@ -269,9 +272,10 @@ class SumSwitch:
         self.p, self.k, self.pool_size, self.job = p, k, pool_size, job
         self.port_of_worker = (np.arange(p, dtype=np.int32) if port_of_worker is None
                                else np.asarray(port_of_worker, dtype=np.int32))
-        self.table = np.zeros((2, 2, 2), dtype=np.int8)
+        table = np.zeros((2, 2, 2), dtype=np.int8)
         for key, action in ss.DECISION_TABLE.items():
-            self.table[key] = action
+            table[key] = action
+        self.table = table.reshape(-1)  #: indexed by the key's bits (switch_packet)
         slots = 2 * pool_size
         if registers is None:  # a switch of its own; the control plane passes views
             registers = allocate_registers(pool_size, k)
