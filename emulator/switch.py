@@ -328,6 +328,14 @@ class SumSwitch:
             self.overflow[idx] = 0
         self.bitmap[slots] = 0
 
+    def use_keys(self) -> np.ndarray:
+        """The use register as the kernels index it, flat (set v of slot s at 2s + v):
+        a view, never a copy (setting the shape of a view raises where one would be
+        needed), so what the kernels write is the register."""
+        keys = self.use.view()
+        keys.shape = (-1,)
+        return keys
+
     def drop_counts(self) -> dict[str, int]:
         return dict(zip(DROP_REASONS, self.drops.tolist()))
 
@@ -368,7 +376,8 @@ class SumSwitch:
             h["exponent"], h["count"], step, packet_id,
             np.ascontiguousarray(ingress, dtype=np.int32),
             np.ascontiguousarray(values, dtype=np.int32), rows,
-            self.bitmap, self.use, self.counter, self.exponent, self.overflow, self.values,
+            self.bitmap, self.use_keys(), self.counter, self.exponent, self.overflow,
+            self.values,
             out_kind, out_packet, exp, ovf, out_values, n_out, drops)
         self.drops += drops.sum(axis=0)
         n = int(n_out.sum())

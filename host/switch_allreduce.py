@@ -300,7 +300,8 @@ class SwitchAllreduce:
                 rounds = window_kernel(
                     self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table,
                     np.int32(sw.exponent_cap), lanes,
-                    sw.bitmap, sw.use, sw.counter, sw.exponent, sw.overflow, sw.values, drops,
+                    sw.bitmap, sw.use_keys(), sw.counter, sw.exponent, sw.overflow,
+                    sw.values, drops,
                     self.step, mode, Qa, X, X.view(np.int32), first_chunk, f, e_next,
                     -1 if propose_from is None else propose_from, m,
                     shadow, base_flags, live,
@@ -616,9 +617,9 @@ class SwitchAllreduce:
         try:
             pipelined_kernel(
                 self.job, p, sw.pool_size, k, sw.port_of_worker, sw.table,
-                np.int32(sw.exponent_cap), sw.bitmap, sw.use, sw.counter, sw.exponent,
-                sw.overflow, sw.values, drops, self.step, X, X.view(np.int32), m, windows,
-                group, shadows, np.empty((p, m), np.int32), np.empty((windows, m)), out,
+                np.int32(sw.exponent_cap), sw.bitmap, sw.use_keys(), sw.counter,
+                sw.exponent, sw.overflow, sw.values, drops, self.step, X, X.view(np.int32),
+                m, windows, group, shadows, np.empty((p, m), np.int32), np.empty((windows, m)), out,
                 res_exp, res_ovf, have, off_script, self._packet_buffers(groups),
                 np.ones(p, bool), np.zeros((p, m), bool))
         finally:

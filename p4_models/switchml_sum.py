@@ -108,13 +108,15 @@ def use_check(use_reg, s, v, use):
     """UseCheck.compare_and_advance: returns (stale, newer). A packet of an earlier use
     of this slot set (a late or replayed copy) is stale; one of a later use advances
     the key and starts that use afresh (the set is then either finished or holds a
-    use started by such a stale packet)."""
-    current = use_reg[s, v]  # both sets' keys of a slot side by side: one cache line
+    use started by such a stale packet). ``use_reg`` is the register viewed flat: set v
+    of slot s at 2s + v, both sets' keys of a slot side by side on one cache line (a
+    flat index keeps a stride out of the lane loop, which runs short of registers)."""
+    current = use_reg[2 * s + v]
     if use < current:
         return True, False
     newer = use > current
     if newer:
-        use_reg[s, v] = use
+        use_reg[2 * s + v] = use
     return False, newer
 
 
@@ -133,7 +135,7 @@ def set_mine_clear_other(bitmap, use_reg, s, v, w, use, newer):
     # packet of a later use than the other set's may say so; the same packet sent to
     # the other set (a worker toggling its shadow bit) must not, or its next copy to
     # this set would count again
-    if use > use_reg[s, 1 - v]:
+    if use > use_reg[2 * s + 1 - v]:  # (use_reg flat, as in use_check)
         entry &= ~theirs
     bitmap[s] = entry
     return seen
