@@ -32,6 +32,13 @@ Two engines run the same protocol:
   packets refer to their slot's registers rather than copying them: a slot's
   registers cannot change once it completes within its window (every later packet
   to it is a retransmission, answered by unicast), so the values are the same.
+  A step in which nothing can go wrong (lossless links holding nothing, live honest
+  workers, slots last used before the step: :meth:`SwitchAllreduce._can_pipeline`)
+  drops the windows' barrier, which SwitchML does not have either (each slot is a
+  pipeline of its own): :func:`emulator.rounds.pipelined_kernel` runs each group of
+  slots through all the step's uses, so a worker quantises a chunk from cache one use
+  after reading it for its exponent. Outputs, counters and state are the window
+  path's, bit for bit.
 * the wire engine (``wire=True``): the workers quantise the window into a send
   buffer, every round is encoded in the wire format
   (:mod:`innet.protocol`), run through :meth:`SumSwitch.process`, and the results are
