@@ -22,6 +22,27 @@ from numba.extending import intrinsic
 CACHE_LINE = 64  # bytes, x86-64 and most ARM cores
 
 
+@intrinsic
+def nonneg(typingctx, x):
+    """``x`` (a signed integer already checked to be ≥ 0), with that fact told to LLVM
+    (``llvm.assume``). Numba indexes with signed integers and wraps a negative index
+    around the array's length; a kernel whose indices come from packet fields cannot
+    be seen to be non-negative, so every access kept a select and the array's length
+    (reloaded from the stack in a loop short of registers). Only for values the code
+    has checked: an assumption that is false is undefined behaviour."""
+    if not isinstance(x, types.Integer) or not x.signed:
+        return None
+
+    def codegen(context, builder, signature, args):
+        (value,) = args
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(1)]), "llvm.assume")
+        builder.call(fn, [builder.icmp_signed(">=", value, ir.Constant(value.type, 0))])
+        return value
+
+    return x(x), codegen
+
+
 def aligned_zeros(shape, dtype, align: int = CACHE_LINE) -> np.ndarray:
     """A zeroed C-contiguous array whose first element sits on an ``align``-byte
     boundary (a view into a slightly larger buffer, which it keeps alive)."""

@@ -6,7 +6,7 @@ import pytest
 
 from emulator.switch import SumSwitch, allocate_registers
 from host.switch_allreduce import SwitchAllreduce
-from innet.memory import CACHE_LINE, aligned_zeros, lane_rows, prefetch_span
+from innet.memory import CACHE_LINE, aligned_zeros, lane_rows, nonneg, prefetch_span
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.float64, np.uint64])
@@ -70,3 +70,25 @@ def test_prefetch_is_a_hint_that_changes_nothing(dtype):
     before = a.copy()
     _prefetch_everywhere(a)
     assert np.array_equal(a, before)
+
+
+@numba.njit(cache=True)
+def _gather_checked(a, idx):
+    out = np.empty(idx.shape[0], a.dtype)
+    for j in range(idx.shape[0]):
+        i = idx[j]
+        out[j] = a[nonneg(i)] if i >= 0 else -1
+    return out
+
+
+def test_nonneg_is_the_identity_on_checked_indices():
+    """nonneg only tells the compiler what the code checked: indexing through it reads
+    what plain indexing reads (int32 and int64 indices, up to the last element), and an
+    unsigned integer is refused at typing (there is nothing to promise)."""
+    a = np.arange(1000, dtype=np.int64) * 3
+    for dtype in (np.int32, np.int64):
+        idx = np.array([0, 1, 999, -5, 500, 0, -1], dtype)
+        np.testing.assert_array_equal(_gather_checked(a, idx),
+                                      np.where(idx >= 0, a[np.maximum(idx, 0)], -1))
+    with pytest.raises(numba.TypingError):
+        numba.njit(lambda x: nonneg(x))(np.uint64(3))
