@@ -7,7 +7,7 @@ float32 input: each block of :data:`BLOCK` = 2¹⁴ columns is one float32 GEMM 
 at full speed), and the p×p block products are summed in float64. A dot product of
 b terms in float32 has error at most γ_b·Σ_k|g_ik g_jk| ≤ γ_b·‖g_i‖‖g_j‖ with
 γ_b ≈ b·2⁻²⁴ (Higham, Thm 3.1); BLAS's FMA accumulation behaves like √b·2⁻²⁴ ≈ 8e-6
-at worst and measures ≈ 1e-7 here (``tests/test_gram.py`` holds it under 1e-6 of
+at worst and measures ≈ 1e-7 here (``tests/test_kernels.py`` holds it under 1e-6 of
 ‖g_i‖‖g_j‖ against float64). So a cosine K_ij/√(K_ii K_jj) is good to ≈ 1e-7 and a
 squared distance to ≈ 4e-7·max‖g‖²: FA's subspace moves by that over its eigengap,
 and Krum can only swap two workers whose scores agree to that relative precision.
@@ -56,8 +56,23 @@ def gram(G: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
         X = G if centre is None else G - centre
         K = X @ X.T
     else:
+        # (a strided G is copied: BLAS on strided blocks summed in float32 with errors
+        # past the bound above, 2.5e-6 measured)
+        G = G.contiguous()
         K = torch.zeros((p, p), dtype=torch.float64, device=G.device)
-        for start in range(0, n, BLOCK):
+        done = 0  # columns summed by the batched GEMM
+        whole = n // BLOCK
+        if centre is None and whole and G.device.type == "cpu":
+            # the whole blocks as one batched GEMM over a strided view (no copy): one
+            # call instead of one per block, 8.0 -> 5.4 ms at p = 16, n = 2²⁰; the same
+            # GEMM per block and the same float64 sum in block order, so the same bits
+            # (tests/test_kernels.py)
+            blocks = G[:, : whole * BLOCK].view(p, whole, BLOCK).transpose(0, 1)
+            per_block = torch.bmm(blocks, blocks.transpose(1, 2))
+            for b in range(whole):
+                K += per_block[b]
+            done = whole * BLOCK
+        for start in range(done, n, BLOCK):
             block = G[:, start : start + BLOCK]
             if centre is not None:
                 block = block - centre[start : start + BLOCK]
