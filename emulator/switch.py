@@ -8,6 +8,7 @@ dropped packet is counted with its reason; nothing a packet carries can raise.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -172,14 +173,8 @@ def _compile_pipeline(K: int):
     return pipeline
 
 
-_PIPELINES: dict = {}
-
-
-def _pipeline_for(k: int):
-    """The batch pipeline (:func:`_compile_pipeline`) for packets of k values."""
-    if k not in _PIPELINES:
-        _PIPELINES[k] = _compile_pipeline(k)
-    return _PIPELINES[k]
+#: the batch pipeline (:func:`_compile_pipeline`) for packets of k values, made once per k
+_pipeline_for = functools.cache(_compile_pipeline)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -344,6 +339,20 @@ class SumSwitch:
         keys = self.use.view()
         keys.shape = (-1,)
         return keys
+
+    def starts_afresh(self, m: int, first_use: int) -> bool:
+        """Control plane: whether slots 0 … m − 1 start afresh in both sets when the
+        first use of either set of slot s has key ``first_use + s``
+        (:func:`use_key` of a step and packet_id s): each set was last used for an
+        earlier key, or never (registers as allocated: the key may then be equal).
+        Each such use then completes in one round of in-order, lossless packets."""
+        first = first_use + np.arange(m, dtype=np.int64)[:, None]
+        use = self.use[:m]  # (m, 2): both sets of a slot
+        counter = self.counter.reshape(2, -1)[:, :m].T  # set v of slot s at v·pool + s
+        bits = np.stack([self.bitmap[:m] & np.uint64(0xFFFFFFFF),  # set v: bits 32v …
+                         self.bitmap[:m] >> np.uint64(32)], axis=1)
+        never = (use == first) & (counter == 0) & (bits == 0)
+        return bool(((use < first) | never).all())
 
     def drop_counts(self) -> dict[str, int]:
         return dict(zip(DROP_REASONS, self.drops.tolist()))

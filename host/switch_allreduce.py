@@ -104,6 +104,7 @@ from emulator.switch import (
     MULTICAST,
     SumSwitch,
     default_lanes,
+    use_key,
 )
 from innet.memory import CACHE_LINE, lane_rows
 from innet.protocol import decode, edge_flags, encode, flag, header, packet_dtype
@@ -589,19 +590,12 @@ class SwitchAllreduce:
             return False
         if self.hold_cap > 0:
             held = self._held_buffers()
-            if held[0].any() or held[8].any():
+            up_held, down_held = held[0], held[8]  # packets held per link (hold_buffers)
+            if up_held.any() or down_held.any():
                 return False
-        # the first use of either set of slot s in this step has key (step, s): each
-        # must start afresh, as a later use (or on registers never used: the key may
-        # then equal it)
-        sw = self.switch
-        first = (np.int64(self.step & 0xFFFFFFFF) << 32) | np.arange(m, dtype=np.int64)
-        use = sw.use[:m]
-        counter = sw.counter.reshape(2, -1)[:, :m].T
-        bits = np.stack([sw.bitmap[:m] & np.uint64(0xFFFFFFFF), sw.bitmap[:m] >> np.uint64(32)],
-                        axis=1)
-        pristine = (use == first[:, None]) & (counter == 0) & (bits == 0)
-        return bool(((use < first[:, None]) | pristine).all())
+        # the first use of either set of slot s in this step (the preamble's, then
+        # window 0's) has key use_key(step, s) = use_key(step, 0) + s
+        return self.switch.starts_afresh(m, int(use_key(self.step, 0)))
 
     def _pipelined(self, X: np.ndarray, out: np.ndarray, m: int, windows: int,
                    stats: AllreduceStats) -> tuple[np.ndarray, np.ndarray]:
