@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from innet.memory import aligned_zeros, nonneg
+from innet.memory import aligned_zeros, copy_row, nonneg
 from innet.protocol import decode, flag, packet_dtype
 from p4_models import Program, Target, streaming_sum, tofino1
 from p4_models import switchml_sum as ss
@@ -130,7 +130,7 @@ def _compile_pipeline(K: int):
         pipeline, A/B in one process: 11.6-11.7 against 12.9-13.1 ms); a batch whose slots
         all sit in one lane's range runs on that lane alone. Lane q writes its answers,
         compacted, from row q·N on and their count to n_out[q]: the kind, the packet
-        answered (ascending within a lane; :func:`_collect` merges the lanes into arrival
+        answered (ascending within a lane; :func:`_compile_collect` merges the lanes into arrival
         order) and the registers. (prange also lets LLVM treat the arrays as unaliased,
         which vectorises the lane loops: measured 2× over a plain njit loop.)"""
         k = K  # a constant of this compilation
@@ -165,8 +165,9 @@ def _compile_pipeline(K: int):
                     out_packet[o] = i
                     out_exp[o] = exp_reg[idx]
                     out_ovf[o] = ovf_reg[idx]
-                    for j in range(k):
-                        out_values[o, j] = regs[idx, j]
+                    # (a few vector moves; the element loop was k scalar loads and stores:
+                    # A/B with write_first's, 11.3-11.8 -> 10.7-11.1 ms)
+                    copy_row(out_values, o, regs, idx, k)
                     o += 1
             n_out[q] = o - q * N
 
@@ -177,45 +178,55 @@ def _compile_pipeline(K: int):
 _pipeline_for = functools.cache(_compile_pipeline)
 
 
-@numba.njit(cache=True, parallel=True)
-def _collect(out_kind, out_packet, n_out, worker, slot, shadow, out_exp, out_ovf, out_values,
-             at, kind, w, s, v, exp, ovf, values):
-    """The batch's answers in arrival order, written to the first rows of (packet, kind,
-    worker, slot, shadow, exponent, overflow, values). Each lane's answers are in
-    arrival order already (rows q·N … q·N + n_out[q] − 1 of the pipeline's outputs), so
-    the order is a merge: an answer's place is its rank in its lane plus, for every
-    other lane, how many of that lane's answers came earlier, found by a cursor that
-    only moves forward. The lanes place their own answers in parallel (no serial scan
-    of the batch; a numpy gather did the copy on one core)."""
-    n_lanes = n_out.shape[0]
-    N = out_kind.shape[0] // n_lanes
-    for lane in numba.prange(n_lanes):
-        q = np.int64(lane)
-        cursor = np.zeros(n_lanes, np.int64)  # per other lane: its answers before this one
-        for j in range(n_out[q]):
-            # (indices the pipeline wrote, all ≥ 0: innet.memory.nonneg drops the
-            # wrap-around of negative ones; A/B on the benchmark's batches, 11.6 ->
-            # 11.2-11.3 ms for the whole switch)
-            r = nonneg(q * N + j)
-            i = nonneg(out_packet[r])
-            at_j = j
-            for other in range(n_lanes):
-                if other != q:
-                    c = cursor[other]
-                    while c < n_out[other] and out_packet[other * N + c] < i:
-                        c += 1
-                    cursor[other] = c
-                    at_j += c
-            at_j = nonneg(at_j)
-            at[at_j] = i
-            kind[at_j] = out_kind[r]
-            w[at_j] = worker[i]
-            s[at_j] = slot[i]
-            v[at_j] = shadow[i]
-            exp[at_j] = out_exp[r]
-            ovf[at_j] = out_ovf[r]
-            for x in range(values.shape[1]):  # (an explicit loop: a row assignment
-                values[at_j, x] = out_values[r, x]  # goes through a generic array copy)
+def _compile_collect(K: int):
+    """The merge of the lanes' answers (:func:`_compile_pipeline`'s) for packets of K
+    values, K a constant of the compilation as in the pipeline: each answer's row is
+    then a few vector moves, not a call to the C library's memmove."""
+
+    @numba.njit(cache=True, parallel=True)
+    def collect(out_kind, out_packet, n_out, worker, slot, shadow, out_exp, out_ovf,
+                out_values, at, kind, w, s, v, exp, ovf, values):
+        """The batch's answers in arrival order, written to the first rows of (packet,
+        kind, worker, slot, shadow, exponent, overflow, values). Each lane's answers are
+        in arrival order already (rows q·N … q·N + n_out[q] − 1 of the pipeline's
+        outputs), so the order is a merge: an answer's place is its rank in its lane
+        plus, for every other lane, how many of that lane's answers came earlier, found
+        by a cursor that only moves forward. The lanes place their own answers in
+        parallel (no serial scan of the batch; a numpy gather did the copy on one core)."""
+        n_lanes = n_out.shape[0]
+        N = out_kind.shape[0] // n_lanes
+        for lane in numba.prange(n_lanes):
+            q = np.int64(lane)
+            cursor = np.zeros(n_lanes, np.int64)  # per other lane: its answers before this one
+            for j in range(n_out[q]):
+                # (indices the pipeline wrote, all ≥ 0: innet.memory.nonneg drops the
+                # wrap-around of negative ones; A/B on the benchmark's batches, 11.6 ->
+                # 11.2-11.3 ms for the whole switch)
+                r = nonneg(q * N + j)
+                i = nonneg(out_packet[r])
+                at_j = j
+                for other in range(n_lanes):
+                    if other != q:
+                        c = cursor[other]
+                        while c < n_out[other] and out_packet[other * N + c] < i:
+                            c += 1
+                        cursor[other] = c
+                        at_j += c
+                at_j = nonneg(at_j)
+                at[at_j] = i
+                kind[at_j] = out_kind[r]
+                w[at_j] = worker[i]
+                s[at_j] = slot[i]
+                v[at_j] = shadow[i]
+                exp[at_j] = out_exp[r]
+                ovf[at_j] = out_ovf[r]
+                copy_row(values, at_j, out_values, r, K)
+
+    return collect
+
+
+#: the merge (:func:`_compile_collect`) for packets of k values, made once per k
+_collect_for = functools.cache(_compile_collect)
 
 
 #: ``rows`` for a batch whose packet i carries values[i]
@@ -400,8 +411,8 @@ class SumSwitch:
         self.drops += drops.sum(axis=0)
         n = int(n_out.sum())
         buffers = self._result_buffers(n)
-        _collect(out_kind, out_packet, n_out, h["worker"], h["slot"], h["shadow"], exp, ovf,
-                 out_values, *buffers)
+        _collect_for(self.k)(out_kind, out_packet, n_out, h["worker"], h["slot"], h["shadow"],
+                             exp, ovf, out_values, *buffers)
         return Results(*(b[:n] for b in buffers))
 
     def process(self, packets: np.ndarray, ingress: np.ndarray) -> Results:

@@ -43,6 +43,40 @@ def nonneg(typingctx, x):
     return x(x), codegen
 
 
+@intrinsic
+def copy_row(typingctx, dst, i, src, j, count):
+    """dst[i, :count] = src[j, :count] as one ``llvm.memcpy``: two different
+    C-contiguous 2-D arrays of one dtype, count ≤ both rows' length (unchecked, like
+    the kernels' other indexing). Where count is a constant of the compilation (a
+    kernel compiled per packet width) LLVM expands the copy into a few full-width
+    vector moves; the element loop it replaces compiled to one scalar load and store
+    per element (LLVM cannot tell the two rows apart, so it neither vectorises nor
+    reorders them)."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.ndim == 2 and src.ndim == 2 and dst.layout == "C" and src.layout == "C"
+            and dst.dtype == src.dtype and dst.mutable
+            and all(isinstance(t, types.Integer) for t in (i, j, count))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        d, di, s, sj, n = args
+        tys = signature.args
+        out = context.make_array(tys[0])(context, builder, d)
+        inp = context.make_array(tys[2])(context, builder, s)
+        di, sj, n = (context.cast(builder, v, t, types.intp)
+                     for v, t in ((di, tys[1]), (sj, tys[3]), (n, tys[4])))
+        size = context.get_abi_sizeof(context.get_data_type(tys[0].dtype))
+        i8p = ir.IntType(8).as_pointer()
+        row_d = cgutils.unpack_tuple(builder, out.strides)[0]
+        row_s = cgutils.unpack_tuple(builder, inp.strides)[0]
+        at_d = builder.gep(builder.bitcast(out.data, i8p), [builder.mul(di, row_d)])
+        at_s = builder.gep(builder.bitcast(inp.data, i8p), [builder.mul(sj, row_s)])
+        cgutils.raw_memcpy(builder, at_d, at_s, n, size)
+        return context.get_dummy_value()
+
+    return types.none(dst, i, src, j, count), codegen
+
+
 def aligned_zeros(shape, dtype, align: int = CACHE_LINE) -> np.ndarray:
     """A zeroed C-contiguous array whose first element sits on an ``align``-byte
     boundary (a view into a slightly larger buffer, which it keeps alive)."""

@@ -37,6 +37,7 @@ import numba
 import numpy as np
 
 from innet import protocol
+from innet.memory import copy_row
 from p4_models import alu
 from p4_models.program import Program, Register, RegisterAction, Stage
 
@@ -167,9 +168,9 @@ def max_exponent(exp_reg, idx, exponent, cap, first):
 
 @numba.njit(cache=True, inline="always")
 def write_first(regs, idx, source, r, k):
-    """Processor, first contribution: the lanes are written."""
-    for j in range(k):
-        regs[idx, j] = source[r, j]
+    """Processor, first contribution: the lanes are written (one copy of the row:
+    :func:`innet.memory.copy_row`)."""
+    copy_row(regs, idx, source, r, k)
 
 
 @numba.njit(cache=True, inline="always")

@@ -6,7 +6,7 @@ import pytest
 
 from emulator.switch import SumSwitch, allocate_registers
 from host.switch_allreduce import SwitchAllreduce
-from innet.memory import CACHE_LINE, aligned_zeros, lane_rows, nonneg, prefetch_span
+from innet.memory import CACHE_LINE, aligned_zeros, copy_row, lane_rows, nonneg, prefetch_span
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.float64, np.uint64])
@@ -92,3 +92,51 @@ def test_nonneg_is_the_identity_on_checked_indices():
                                       np.where(idx >= 0, a[np.maximum(idx, 0)], -1))
     with pytest.raises(numba.TypingError):
         numba.njit(lambda x: nonneg(x))(np.uint64(3))
+
+
+@numba.njit(cache=True)
+def _copy_rows(dst, di, src, si, count):
+    for t in range(di.shape[0]):
+        copy_row(dst, di[t], src, si[t], count)
+
+
+def _copy_rows_of_width(K):
+    @numba.njit
+    def copy(dst, di, src, si):
+        for t in range(di.shape[0]):
+            copy_row(dst, di[t], src, si[t], K)  # K a constant of the compilation
+    return copy
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int8, np.float64, np.uint64])
+@pytest.mark.parametrize("count", [0, 1, 13, 64])
+def test_copy_row_writes_exactly_the_rows_prefix(dtype, count):
+    """copy_row is dst[i, :count] = src[j, :count]: nothing before, after or beside it
+    changes, whether count is a run-time value or a constant of the compilation, for
+    rows longer than count and rows of other lengths in the two arrays."""
+    rng = np.random.default_rng(count)
+    src = rng.integers(0, 100, size=(9, 70)).astype(dtype)
+    dst = rng.integers(100, 200, size=(5, 80)).astype(dtype)
+    di, si = np.array([4, 0, 2, 0]), np.array([8, 3, 0, 5])
+    want = dst.copy()
+    for d, s in zip(di, si):
+        want[d, :count] = src[s, :count]
+    for copy in (lambda *a: _copy_rows(*a, count), _copy_rows_of_width(count)):
+        got = dst.copy()
+        copy(got, di, src, si)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_copy_row_refuses_what_it_cannot_copy_as_one_block():
+    """Two arrays of different dtypes, a strided (non-C) array or a read-only
+    destination are refused at typing, not copied wrongly."""
+    a = np.zeros((3, 8), np.int32)
+    one = np.array([0])
+    with pytest.raises(numba.TypingError):
+        _copy_rows(a, one, np.zeros((3, 8), np.int64), one, 4)
+    with pytest.raises(numba.TypingError):
+        _copy_rows(a, one, np.zeros((3, 16), np.int32)[:, ::2], one, 4)
+    ro = np.zeros((3, 8), np.int32)
+    ro.flags.writeable = False
+    with pytest.raises(numba.TypingError):
+        _copy_rows(ro, one, a, one, 4)
