@@ -97,6 +97,53 @@ def test_tie_keeps_the_smaller_value_like_the_reference(p):
                           network.mean_around_median(X, k))
 
 
+@pytest.mark.parametrize("p,dtype", [(2, np.float32), (5, np.float64), (16, np.float32),
+                                     (17, np.float32)])
+def test_unrolled_network_is_the_rows_network_bit_for_bit(p, dtype, monkeypatch):
+    """The straight-line network (each column's values kept in registers) gives every
+    rule the very bits of the rows' network: short last blocks, ties, a row subset,
+    and non-finite rows named as before."""
+    rng = np.random.default_rng(p)
+    n = 3 * network.BLOCK + 37
+    b, k = (p - 1) // 4, p - (p - 1) // 4
+    rows = rng.permutation(p)[: max(2, p - 3)]
+
+    def every_rule(X):
+        return [network.median(X), network.trimmed_mean(X, b),
+                network.mean_around_median(X, k), network.mean_around_trimmed_mean(X, b, k),
+                network.median(X, rows), network.mean_around_median(X, 2, rows)]
+
+    for X in (rng.normal(size=(p, n)).astype(dtype), ties(rng, p, n, dtype)):
+        monkeypatch.setattr(network, "UNROLLED_MIN_N", 1 << 62)
+        rows_network = every_rule(X)
+        monkeypatch.setattr(network, "UNROLLED_MIN_N", 0)
+        for fast, slow in zip(every_rule(X), rows_network):
+            assert fast.dtype == dtype and np.array_equal(fast, slow)
+    assert np.array_equal(network.median(X), np.median(X, axis=0).astype(dtype))
+    X[p - 1, n - 1] = np.nan
+    with pytest.raises(NonFiniteGradientError) as err:
+        network.median(X)
+    assert err.value.rows == [p - 1]
+
+
+def test_unrolled_network_source_is_batchers_network():
+    """The generated code runs exactly :func:`batcher_pairs`'s comparators, in order,
+    and the module is not rewritten when it has not changed (Numba's cache of it
+    is keyed to the file)."""
+    import re
+    source = network._unrolled_source(11)
+    pairs = [tuple(map(int, m)) for m in re.findall(r"lt = r(\d+) < r(\d+)", source)]
+    assert pairs == [tuple(pair) for pair in network.batcher_pairs(11)]
+    path = network._generated_dir() / "batcher_p3.py"
+    network.unrolled_network(3)
+    stamp = path.stat().st_mtime_ns
+    network.unrolled_network.cache_clear()
+    network.unrolled_network(3)
+    assert path.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError):
+        network.unrolled_network(network.UNROLLED_MAX_P + 1)
+
+
 def test_column_fallback_beyond_the_network_matches():
     rng = np.random.default_rng(0)
     p = network.NETWORK_MAX_P + 9
