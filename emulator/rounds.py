@@ -22,7 +22,7 @@ import numpy as np
 
 from emulator.network import P_LOSSLESS, S_BATCHES, hold_into, transmit_into
 from emulator.switch import MULTICAST, switch_packet, use_key
-from innet.memory import aligned_zeros, prefetch_span
+from innet.memory import aligned_zeros, copy_row, prefetch_span
 from innet.protocol import flag
 from innet.quant.block_float import chunk_exponent, quantize_value, scale_value
 
@@ -158,8 +158,7 @@ def _reassemble(s, p, k, pool_size, mode, live, want, shadow, first_chunk, f, ex
                 for j in range(width):
                     dequantized[at + np.uint64(j)] = 0.0
     elif got_it and result.shape[0] > 0:  # (no rows: only the exponent is wanted)
-        for j in range(k):
-            result[s, j] = regs[idx, j]
+        copy_row(result, s, regs, idx, k)
 
 
 @numba.njit(cache=True, parallel=True)

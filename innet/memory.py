@@ -43,6 +43,15 @@ def nonneg(typingctx, x):
     return x(x), codegen
 
 
+def _row_byte(context, builder, array_type, array, row_type, row):
+    """(codegen) An i8* to the first byte of row ``row`` of a 2-D array."""
+    ary = context.make_array(array_type)(context, builder, array)
+    stride = cgutils.unpack_tuple(builder, ary.strides)[0]
+    row = context.cast(builder, row, row_type, types.intp)
+    return builder.gep(builder.bitcast(ary.data, ir.IntType(8).as_pointer()),
+                       [builder.mul(row, stride)])
+
+
 @intrinsic
 def copy_row(typingctx, dst, i, src, j, count):
     """dst[i, :count] = src[j, :count] as one ``llvm.memcpy``: two different
@@ -61,17 +70,10 @@ def copy_row(typingctx, dst, i, src, j, count):
     def codegen(context, builder, signature, args):
         d, di, s, sj, n = args
         tys = signature.args
-        out = context.make_array(tys[0])(context, builder, d)
-        inp = context.make_array(tys[2])(context, builder, s)
-        di, sj, n = (context.cast(builder, v, t, types.intp)
-                     for v, t in ((di, tys[1]), (sj, tys[3]), (n, tys[4])))
+        n = context.cast(builder, n, tys[4], types.intp)
         size = context.get_abi_sizeof(context.get_data_type(tys[0].dtype))
-        i8p = ir.IntType(8).as_pointer()
-        row_d = cgutils.unpack_tuple(builder, out.strides)[0]
-        row_s = cgutils.unpack_tuple(builder, inp.strides)[0]
-        at_d = builder.gep(builder.bitcast(out.data, i8p), [builder.mul(di, row_d)])
-        at_s = builder.gep(builder.bitcast(inp.data, i8p), [builder.mul(sj, row_s)])
-        cgutils.raw_memcpy(builder, at_d, at_s, n, size)
+        cgutils.raw_memcpy(builder, _row_byte(context, builder, tys[0], d, tys[1], di),
+                           _row_byte(context, builder, tys[2], s, tys[3], sj), n, size)
         return context.get_dummy_value()
 
     return types.none(dst, i, src, j, count), codegen
@@ -105,12 +107,10 @@ def _prefetch_line(typingctx, a, row, byte):
 
     def codegen(context, builder, signature, args):
         arr, r, b = args
-        ary = context.make_array(signature.args[0])(context, builder, arr)
-        stride = cgutils.unpack_tuple(builder, ary.strides)[0]
-        r = context.cast(builder, r, signature.args[1], types.intp)
-        b = context.cast(builder, b, signature.args[2], types.intp)
+        tys = signature.args
+        b = context.cast(builder, b, tys[2], types.intp)
+        at = builder.gep(_row_byte(context, builder, tys[0], arr, tys[1], r), [b])
         i8p = ir.IntType(8).as_pointer()
-        at = builder.gep(builder.bitcast(ary.data, i8p), [builder.add(builder.mul(r, stride), b)])
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),

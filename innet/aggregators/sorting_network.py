@@ -174,10 +174,10 @@ def unrolled_network(p: int):
     :data:`UNROLLED_MAX_P`) compiled as straight-line code over the columns of a block:
     each column's p values stay in vector registers from the first compare-exchange
     to the last, where :func:`_sort_block` loads and stores two rows of the block per
-    compare-exchange (at p = 16, 63 of them). LLVM
-    vectorises the column loop once no two rows can overlap, which a constant row
-    stride shows it. Equal to :func:`_sort_block` bit for bit (the same selects in the
-    same order); about 2× faster on a block in cache at p = 16 to 24.
+    compare-exchange (at p = 16, 63 of them). LLVM vectorises the column loop once no
+    two rows can overlap, which a constant row stride shows it. Equal to
+    :func:`_sort_block` bit for bit (the same selects in the same order); about 2×
+    faster on a block in cache at p = 16 to 24.
 
     The source is generated, written once to a file (rewritten only if it changed, so
     Numba's cache of it stays valid) and imported from there, with ``kernel``, the
@@ -199,8 +199,8 @@ def unrolled_network(p: int):
 
 
 @numba.njit(cache=True)
-def _no_unrolled_network(flat):
-    """Stands for an unrolled network where a stack takes the rows' network."""
+def _no_sorter(flat):
+    """Stands for the straight-line sorter where a stack takes the rows' network."""
 
 
 def sort_cost(p: int, n: int) -> Cost:
@@ -333,7 +333,7 @@ def coordinate_body(G, bits, exponent, rows, pairs, rule, b, k, out, bad, sorter
 def _coordinate_kernel(G, bits, exponent, rows, pairs, rule, b, k, out, bad):
     """:func:`coordinate_body` with the rows' network (:func:`_sort_block`)."""
     coordinate_body(G, bits, exponent, rows, pairs, rule, b, k, out, bad,
-                    _no_unrolled_network, False)
+                    _no_sorter, False)
 
 
 def _run(G: np.ndarray, rule: int, b: int = 0, k: int = 0,
